@@ -1,0 +1,134 @@
+// check.c — proves a compiled graph right, independently of how the compiler built it: every pair
+// of tasks whose slices conflict (one writes what the other touches) is ordered by the events, the
+// event table is consistent, and one iteration can run to the end in graph order (so in-order
+// worker queues cannot deadlock). Used by tests and under MPK_DEBUG=1.
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/internal.h"
+
+static int overlap(const mpk_access *a, const mpk_access *b) {
+    for (int i = 0; i < MPK_MAX_DIMS; i++)
+        if (a->hi[i] <= b->lo[i] || b->hi[i] <= a->lo[i]) return 0;
+    return 1;
+}
+
+// Structural checks: ranges, trigger counts, graph order as a topological order.
+static mpk_status check_structure(mpk_kernel *k, int32_t *producer_count) {
+    const mpk_graph *g = &k->graph;
+    int32_t n = g->num_tasks, E = g->num_events;
+    if (E < 2 || g->num_begin_events < 1 || g->num_begin_events >= E)
+        return mpk_fail(k, MPK_ERR_INTERNAL, "graph check: %d events, %d begin events", E, g->num_begin_events);
+    if (!(g->events[E - 1].flags & MPK_EVENT_FLAG_END))
+        return mpk_fail(k, MPK_ERR_INTERNAL, "graph check: the last event is not the end event");
+    for (int32_t i = 0; i < n; i++) {
+        const mpk_task_desc *d = &g->tasks[i];
+        if (d->wait_event >= (uint32_t)(E - 1))
+            return mpk_fail(k, MPK_ERR_INTERNAL, "graph check: task %d waits on invalid event %u", i, d->wait_event);
+        const mpk_event_desc *ev = &g->events[d->wait_event];
+        if ((uint32_t)i < ev->first_task || (uint32_t)i >= ev->last_task)
+            return mpk_fail(k, MPK_ERR_INTERNAL, "graph check: task %d lies outside the range of its event %u", i, d->wait_event);
+        if (d->trigger_begin > d->trigger_end || d->trigger_end > (uint32_t)g->num_triggers || d->trigger_begin == d->trigger_end)
+            return mpk_fail(k, MPK_ERR_INTERNAL, "graph check: task %d has a bad trigger range", i);
+        for (uint32_t j = d->trigger_begin; j < d->trigger_end; j++) {
+            uint32_t e = g->triggers[j];
+            if (e >= (uint32_t)E || (int32_t)e < g->num_begin_events)
+                return mpk_fail(k, MPK_ERR_INTERNAL, "graph check: task %d triggers invalid event %u", i, e);
+            if (e != (uint32_t)(E - 1) && g->events[e].first_task <= (uint32_t)i)
+                return mpk_fail(k, MPK_ERR_INTERNAL, "graph check: task %d triggers event %u whose tasks come before it", i, e);
+            producer_count[e]++;
+        }
+    }
+    for (int32_t e = 0; e < E; e++) {
+        const mpk_event_desc *ev = &g->events[e];
+        int32_t want = e < g->num_begin_events ? 1 : producer_count[e];
+        if (e >= g->num_begin_events && producer_count[e] == 0)
+            return mpk_fail(k, MPK_ERR_INTERNAL, "graph check: event %d has no producers", e);
+        if ((int32_t)ev->num_triggers != want)
+            return mpk_fail(k, MPK_ERR_INTERNAL, "graph check: event %d needs %u triggers but %d tasks trigger it", e, ev->num_triggers, want);
+        for (uint32_t t = ev->first_task; t < ev->last_task; t++)
+            if (g->tasks[t].wait_event != (uint32_t)e)
+                return mpk_fail(k, MPK_ERR_INTERNAL, "graph check: event %d's range holds task %u that waits on another event", e, t);
+    }
+    for (int32_t w = 0; w < g->num_workers; w++)
+        for (int32_t i = g->worker_task_begin[w] + 1; i < g->worker_task_begin[w + 1]; i++)
+            if (g->worker_tasks[i] <= g->worker_tasks[i - 1])
+                return mpk_fail(k, MPK_ERR_INTERNAL, "graph check: worker %d's static list is not in graph order", w);
+    if (g->worker_task_begin[g->num_workers] != n)
+        return mpk_fail(k, MPK_ERR_INTERNAL, "graph check: the static schedule does not hold every task once");
+    return MPK_OK;
+}
+
+mpk_status mpk_graph_check(mpk_kernel *k) {
+    if (!k) return MPK_ERR_INVALID_ARG;
+    const mpk_graph *g = &k->graph;
+    int32_t n = g->num_tasks, E = g->num_events;
+    if (n == 0) return mpk_fail(k, MPK_ERR_STATE, "graph check: nothing compiled");
+    int32_t *producer_count = calloc((size_t)E, sizeof *producer_count);
+    int64_t words = ((int64_t)n + 63) / 64;
+    uint64_t *done_before = calloc((size_t)n * (size_t)words, sizeof(uint64_t));  // closure bitsets
+    uint64_t *event_set = calloc((size_t)E * (size_t)words, sizeof(uint64_t));
+    mpk_status st = MPK_OK;
+    if (!producer_count || !done_before || !event_set) {
+        st = mpk_fail(k, MPK_ERR_NOMEM, "graph check: out of memory (%d tasks)", n);
+        goto out;
+    }
+    if ((st = check_structure(k, producer_count))) goto out;
+
+    // One iteration in graph order: each task's event must have fired when it is reached. The set
+    // of tasks guaranteed complete before task t starts is the union over its event's producers
+    // p of {p} and p's own set.
+    for (int32_t i = 0; i < n; i++) {
+        const mpk_task_desc *d = &g->tasks[i];
+        int32_t e = (int32_t)d->wait_event;
+        if (e >= g->num_begin_events && producer_count[e] != 0) {
+            st = mpk_fail(k, MPK_ERR_INTERNAL, "graph check: task %d would wait forever on event %d (%d triggers missing in graph order)",
+                          i, e, producer_count[e]);
+            goto out;
+        }
+        memcpy(&done_before[(int64_t)i * words], &event_set[(int64_t)e * words], (size_t)words * sizeof(uint64_t));
+        for (uint32_t j = d->trigger_begin; j < d->trigger_end; j++) {
+            uint32_t f = g->triggers[j];
+            producer_count[f]--;
+            uint64_t *dst = &event_set[(int64_t)f * words];
+            const uint64_t *src = &done_before[(int64_t)i * words];
+            for (int64_t w = 0; w < words; w++) dst[w] |= src[w];
+            dst[i / 64] |= 1ull << (i % 64);
+        }
+    }
+    if (producer_count[E - 1] != 0) {
+        st = mpk_fail(k, MPK_ERR_INTERNAL, "graph check: the end event misses %d triggers", producer_count[E - 1]);
+        goto out;
+    }
+    // Every end-event producer set must cover all tasks (the iteration is complete when it fires).
+    for (int32_t i = 0; i < n; i++)
+        if (!(event_set[(int64_t)(E - 1) * words + i / 64] & (1ull << (i % 64)))) {
+            st = mpk_fail(k, MPK_ERR_INTERNAL, "graph check: task %d may still run when the end event fires", i);
+            goto out;
+        }
+    // Every conflicting pair of accesses is ordered.
+    for (int32_t i = 0; i < n && st == MPK_OK; i++) {
+        const mpk_task_rec *ri = &k->recs[k->task_rec[i]];
+        for (int32_t j = 0; j < i && st == MPK_OK; j++) {
+            const mpk_task_rec *rj = &k->recs[k->task_rec[j]];
+            if (ri->desc.layer == rj->desc.layer) continue;
+            if (done_before[(int64_t)i * words + j / 64] & (1ull << (j % 64))) continue;
+            const mpk_task_rec *early = ri->desc.layer < rj->desc.layer ? ri : rj;
+            const mpk_task_rec *late = early == ri ? rj : ri;
+            for (int32_t a = late->first_access; a < late->first_access + late->num_accesses; a++)
+                for (int32_t b = early->first_access; b < early->first_access + early->num_accesses; b++) {
+                    const mpk_access *x = &k->accesses[a], *y = &k->accesses[b];
+                    if (x->tensor != y->tensor || (!x->write && !y->write) || !overlap(x, y)) continue;
+                    st = mpk_fail(k, MPK_ERR_INTERNAL, "graph check: tasks %d (layer '%s') and %d (layer '%s') conflict on '%s' but are not ordered",
+                                  j, k->layers[rj->desc.layer].name, i, k->layers[ri->desc.layer].name,
+                                  k->tensors[x->tensor]->name);
+                    goto out;
+                }
+        }
+    }
+out:
+    free(producer_count);
+    free(done_before);
+    free(event_set);
+    return st;
+}

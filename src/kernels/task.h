@@ -1,0 +1,128 @@
+// task.h — the numbered task types and the fixed-width task descriptor, shared by the compiler,
+// the CPU runtime and the generated CUDA megakernel. Host C11 and CUDA C++ both include it, so it
+// holds only plain data and MPK_HD inline functions.
+//
+// The enum is append-only: numbers are stored in graph dumps and profiles. Never reorder it.
+#ifndef MPK_KERNELS_TASK_H
+#define MPK_KERNELS_TASK_H
+
+#include <stdint.h>
+
+#if defined(__CUDACC__)
+#define MPK_HD __host__ __device__
+#else
+#define MPK_HD
+#endif
+
+#if defined(__cplusplus)
+#define MPK_STATIC_ASSERT(cond, msg) static_assert(cond, msg)
+#else
+#define MPK_STATIC_ASSERT(cond, msg) _Static_assert(cond, msg)
+#endif
+
+typedef enum mpk_task_type {
+    MPK_TASK_NONE = 0,
+    MPK_TASK_EMBED = 1,
+    MPK_TASK_RMSNORM = 2,
+    MPK_TASK_RMSNORM_LINEAR = 3,
+    MPK_TASK_LINEAR = 4,
+    MPK_TASK_LINEAR_RESIDUAL = 5,
+    MPK_TASK_ATTENTION = 6,
+    MPK_TASK_SILU_MUL = 7,
+    MPK_TASK_SILU_MUL_LINEAR_RESIDUAL = 8,
+    MPK_TASK_ALLREDUCE = 9,
+    MPK_TASK_ARGMAX_PARTIAL = 10,
+    MPK_TASK_ARGMAX_REDUCE = 11,
+    MPK_TASK_SAMPLING = 12,
+    MPK_TASK_TYPE_COUNT
+} mpk_task_type;
+
+#define MPK_TASK_MAX_OPERANDS 8
+#define MPK_EVENT_NONE 0xffffffffu
+
+// One grid point of one layer. Operands are addresses (host or device, resolved when the backend
+// loads the graph) already offset to the task's column slice at row 0; rows [row_begin, row_end)
+// of the token dimension are the task's, clipped at run time to the iteration's token count.
+// Operand meaning and shape constants per type are listed at mpk_variant below.
+typedef struct mpk_task_desc {
+    uint16_t type;            // mpk_task_type
+    uint16_t variant;         // index into the graph's variant table (shape constants)
+    uint32_t layer;           // index of the layer that made this task
+    uint32_t wait_event;      // event this task waits for, MPK_EVENT_NONE for none
+    uint32_t trigger_begin;   // this task increments events triggers[trigger_begin ..
+    uint32_t trigger_end;     //   .. trigger_end) of the graph when it completes
+    int32_t row_begin;        // token rows of this task
+    int32_t row_end;
+    int32_t iparam[3];        // per-task integers (see mpk_variant)
+    uint64_t operand[MPK_TASK_MAX_OPERANDS];
+    uint64_t reserved[3];
+} mpk_task_desc;
+
+MPK_STATIC_ASSERT(sizeof(mpk_task_desc) == 128, "task descriptor is 128 bytes");
+
+// Shape constants shared by the tasks of a layer; the CUDA generator makes them compile-time
+// constants of one specialised task body (a "variant"). ld* are row strides in elements.
+//
+// type                         operand[]                                   p[]
+// EMBED                        ids, weight(+col), out(+col)                cols, ld_w, ld_out, vocab
+// RMSNORM                      x, weight, out                              H, ld_x, ld_out
+// RMSNORM_LINEAR               x, norm_w, w(+row n0), out(+col n0)         K, n, ld_x, ld_w, ld_out
+// LINEAR                       x, w(+row n0), out(+col n0)                 K, n, ld_x, ld_w, ld_out
+// LINEAR_RESIDUAL              x, w(+row), residual(+col), out(+col)       K, n, ld_x, ld_w, ld_res, ld_out
+// ATTENTION                    qkv(+group), k_cache(+head), v_cache(+head),
+//                              q_norm, k_norm, inv_freq, out(+group)       G, D, ld_qkv, ld_out,
+//                                                                          page_size, page_stride,
+//                                                                          has_qnorm, has_knorm, has_rope
+// SILU_MUL                     gate(+col), up(+col), out(+col)             n, ld_in, ld_out
+// SILU_MUL_LINEAR_RESIDUAL     in (gate; up at +I), w(+row), res(+col), out(+col)
+//                                                                          I, n, ld_in, ld_w, ld_res, ld_out
+// ARGMAX_PARTIAL               logits(+chunk), part_val(+p), part_idx(+p)  n, ld_logits, ld_part;
+//                                                                          iparam[0] = chunk's first id
+// ARGMAX_REDUCE                part_val, part_idx, out_ids                 P, ld_part
+// SAMPLING                     logits, out_ids                             V, ld_logits
+// ALLREDUCE                    in(+col), out(+col)                         n, ld_in, ld_out
+// f[0] is eps (norms) / norm eps (attention); f[1] the softmax scale (attention).
+#define MPK_VARIANT_MAX_PARAMS 12
+typedef struct mpk_variant {
+    int32_t type;
+    int32_t p[MPK_VARIANT_MAX_PARAMS];
+    float f[3];
+} mpk_variant;
+
+MPK_STATIC_ASSERT(sizeof(mpk_variant) == 64, "variant is 64 bytes");
+
+// Event flags.
+#define MPK_EVENT_FLAG_JIT 1u  // its tasks are dispatched when it fires, not at iteration begin
+#define MPK_EVENT_FLAG_END 2u  // the end-of-iteration event: firing it runs prepare_next_batch
+#define MPK_EVENT_FLAG_BEGIN 4u  // triggered by the runtime at iteration begin
+
+// A counter that never resets: it has fired for iteration i (1-based) once it reaches
+// num_triggers * i. The tasks that wait on it are tasks[first_task, last_task) of the graph:
+// the compiler numbers tasks so that they are contiguous.
+typedef struct mpk_event_desc {
+    uint32_t num_triggers;
+    uint32_t first_task;
+    uint32_t last_task;
+    uint32_t flags;
+} mpk_event_desc;
+
+// The compiled graph: plain arrays, uploaded as data. Events [0, num_begin_events) are begin
+// events (num_triggers 1, triggered once per iteration by the runtime when the batch is ready;
+// one per layer that has tasks without producers, usually just the embedding); the last event is
+// the end event (triggered by every sink task; it releases no tasks).
+typedef struct mpk_graph {
+    int32_t num_tasks;
+    int32_t num_events;
+    int32_t num_triggers;   // length of triggers[]
+    int32_t num_variants;
+    int32_t num_workers;    // the static schedule below is for this many workers
+    int32_t num_begin_events;
+    mpk_task_desc *tasks;        // (num_tasks), in an order that is a topological order
+    mpk_event_desc *events;      // (num_events)
+    uint32_t *triggers;          // (num_triggers) event ids
+    mpk_variant *variants;       // (num_variants)
+    int32_t *worker_task_begin;  // (num_workers + 1) static schedule: worker w runs
+    int32_t *worker_tasks;       // worker_tasks[worker_task_begin[w] .. [w+1]) in order
+} mpk_graph;
+
+#endif  // MPK_KERNELS_TASK_H
