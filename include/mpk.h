@@ -129,8 +129,11 @@ void mpk_kernel_free(mpk_kernel *kernel);
 // The message of the last failed call on this kernel ("" when none). Valid until the next call.
 const char *mpk_last_error(const mpk_kernel *kernel);
 
-// The backend the kernel runs on after mpk_compile (AUTO before it resolves).
+// The backend the kernel runs on (chosen at mpk_kernel_create: AUTO resolves there).
 mpk_backend mpk_kernel_backend(const mpk_kernel *kernel);
+
+// The kernel's parameters with every default resolved (num_workers, num_pages, ...).
+const mpk_kernel_params *mpk_kernel_get_params(const mpk_kernel *kernel);
 
 // ---- tensors -----------------------------------------------------------------------------------
 
@@ -334,6 +337,13 @@ typedef struct mpk_run_stats {
 
 mpk_status mpk_run_get_stats(const mpk_kernel *kernel, mpk_run_stats *out);
 
+// ---- the device ---------------------------------------------------------------------------------
+
+// The device the kernel runs on ("NVIDIA H100 80GB HBM3", the CPU model) and, when
+// read_bytes_per_s is non-NULL, the read bandwidth a plain streaming-read kernel reaches on it,
+// measured by this call (it takes up to a second). After mpk_compile.
+mpk_status mpk_device_info(mpk_kernel *kernel, char *name, size_t name_len, double *read_bytes_per_s);
+
 // ---- profiling ---------------------------------------------------------------------------------
 
 typedef struct mpk_profile_record {
@@ -360,5 +370,9 @@ int64_t mpk_task_bytes(const mpk_kernel *kernel, int32_t task);
 #ifdef __cplusplus
 }
 #endif
+
+// The model loaders and builders, and the tokenizer and chat templates, are part of the same API.
+#include "mpk/model.h"
+#include "mpk/tokenizer.h"
 
 #endif  // MPK_H

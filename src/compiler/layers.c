@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "core/internal.h"
+#include "kernels/cpu/kernels.h"  // MPK_ATTENTION_MAX_HEAD_DIM
 
 // ---- growing arrays ----------------------------------------------------------------------------
 
@@ -349,8 +350,8 @@ mpk_status mpk_attention_layer(mpk_kernel *k, const mpk_attention_desc *d, mpk_d
     TRY(layer_begin(&c, k, "attention", name, grid));
     if (!d) return layer_fail(&c, MPK_ERR_INVALID_ARG, "desc is NULL");
     int64_t T = rows_total(k), Hq = d->num_q_heads, Hkv = d->num_kv_heads, D = d->head_dim;
-    if (Hq < 1 || Hkv < 1 || D < 2 || D % 2 || D > 1024)
-        return layer_fail(&c, MPK_ERR_SHAPE, "num_q_heads=%d, num_kv_heads=%d, head_dim=%d are invalid (head_dim even, <= 1024)",
+    if (Hq < 1 || Hkv < 1 || D < 2 || D % 2 || D > MPK_ATTENTION_MAX_HEAD_DIM)
+        return layer_fail(&c, MPK_ERR_SHAPE, "num_q_heads=%d, num_kv_heads=%d, head_dim=%d are invalid (head_dim even, <= 512)",
                           d->num_q_heads, d->num_kv_heads, d->head_dim);
     if (Hq % Hkv) return layer_fail(&c, MPK_ERR_SHAPE, "num_kv_heads=%lld does not divide num_q_heads=%lld", (long long)Hkv, (long long)Hq);
     int64_t G = Hq / Hkv, P = k->params.num_pages, S = k->params.page_size;

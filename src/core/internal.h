@@ -78,6 +78,8 @@ typedef struct mpk_backend_ops {
     mpk_status (*tensor_read)(mpk_kernel *kernel, const mpk_tensor *t, void *dst, size_t bytes);
     mpk_status (*tensor_write)(mpk_kernel *kernel, mpk_tensor *t, const void *src, size_t bytes);
     void (*destroy)(mpk_kernel *kernel);
+    // Optional: the device's name and the bandwidth a plain streaming read reaches, measured now.
+    mpk_status (*device_info)(mpk_kernel *kernel, char *name, size_t name_len, double *read_bytes_per_s);
 } mpk_backend_ops;
 
 // ---- the kernel --------------------------------------------------------------------------------

@@ -234,6 +234,16 @@ mpk_backend mpk_kernel_backend(const mpk_kernel *k) {
     return k ? k->resolved_backend : MPK_BACKEND_AUTO;
 }
 
+mpk_status mpk_device_info(mpk_kernel *k, char *name, size_t name_len, double *read_bw) {
+    if (!k) return MPK_ERR_INVALID_ARG;
+    if (!name || name_len == 0) return mpk_fail(k, MPK_ERR_INVALID_ARG, "device_info: no name buffer");
+    if (!k->compiled) return mpk_fail(k, MPK_ERR_STATE, "device_info: compile the kernel first");
+    if (!k->backend->device_info) return mpk_fail(k, MPK_ERR_UNSUPPORTED, "device_info: the %s backend cannot tell", k->backend->name);
+    return k->backend->device_info(k, name, name_len, read_bw);
+}
+
+const mpk_kernel_params *mpk_kernel_get_params(const mpk_kernel *k) { return k ? &k->params : NULL; }
+
 // ---- tensors -----------------------------------------------------------------------------------
 
 static mpk_status add_tensor(mpk_kernel *k, int32_t ndim, const int64_t *dims, mpk_dtype dtype,

@@ -532,6 +532,7 @@ const mpk_backend_ops *mpk_cpu_backend(void) {
         .tensor_read = cpu_tensor_read,
         .tensor_write = cpu_tensor_write,
         .destroy = cpu_destroy,
+        .device_info = mpk_cpu_device_info,
     };
     return &ops;
 }

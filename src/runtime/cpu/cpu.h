@@ -9,4 +9,7 @@
 // Runs one task (rows clipped to the batch's token count) with the CPU task kernels.
 void mpk_cpu_run_task(const mpk_task_desc *task, const mpk_variant *variant, const mpk_batch *batch);
 
+#include "mpk.h"
+// The processor's name and the streaming read bandwidth of all workers (bytes/s).
+mpk_status mpk_cpu_device_info(mpk_kernel *kernel, char *name, size_t name_len, double *read_bw);
 #endif

@@ -1,0 +1,135 @@
+// attention.c — ATTENTION on the CPU (the oracle): one kv head of one layer for every row of the
+// batch. Appends the rows' k/v to the paged cache, then runs causal softmax attention for the G
+// query heads of the group with an online (running max / running sum) softmax, so no buffer of
+// sequence length is needed.
+#include "matvec.h"
+
+// Positions whose scores are computed together before the running softmax is updated.
+#define SCORE_BLOCK 64
+
+// ---- per-head preparation --------------------------------------------------------------------
+
+// dst = RoPE(RMSNorm(x)) for one head of D elements, each step rounded to bf16 as a bf16 model
+// stores it. RMSNorm when norm_w != NULL: x * rsqrt(mean(x^2) + eps) * norm_w. RoPE
+// (rotate-half) when inv_freq != NULL: with a_i = pos * inv_freq[i] for i < D/2,
+//   dst[i]       = x[i] cos a_i - x[i + D/2] sin a_i
+//   dst[i + D/2] = x[i + D/2] cos a_i + x[i] sin a_i.
+static void prepare_head(const mpk_bf16 *x, const mpk_bf16 *norm_w, const float *inv_freq,
+                         int32_t pos, int32_t D, float eps, float *dst) {
+    float t[MPK_ATTENTION_MAX_HEAD_DIM];  // (D) after the norm
+    if (norm_w) {
+        float scale = mpk_cpu_rms_scale(x, D, eps);
+        for (int32_t d = 0; d < D; d++) t[d] = mpk_cpu_rms_elem(x[d], scale, norm_w[d]);
+    } else {
+        for (int32_t d = 0; d < D; d++) t[d] = mpk_bf16_to_f32(x[d]);
+    }
+    if (!inv_freq) {
+        memcpy(dst, t, sizeof *dst * (size_t)D);
+        return;
+    }
+    int32_t half = D / 2;
+    for (int32_t i = 0; i < half; i++) {
+        float a = (float)pos * inv_freq[i];
+        float c = cosf(a), s = sinf(a);
+        float x1 = t[i], x2 = t[i + half];
+        dst[i] = mpk_round_bf16(x1 * c - x2 * s);
+        dst[i + half] = mpk_round_bf16(x2 * c + x1 * s);
+    }
+    if (D % 2) dst[D - 1] = t[D - 1];  // an odd D (rejected by the layer) keeps its last element
+}
+
+// Where position p of a row's request lives in this head's cache, or -1 when the batch does not
+// map it (never for a batch from mpk_batch_prepare; checked so a bad blob cannot write wildly).
+static int64_t cache_offset(const mpk_batch *batch, const int32_t *page_table, int32_t p,
+                            int32_t D, int32_t page_size, int64_t page_stride) {
+    if (p < 0 || page_size <= 0 || p / page_size >= batch->max_pages_per_request) return -1;
+    int32_t page = page_table[p / page_size];
+    if (page < 0 || page >= batch->num_pages) return -1;
+    return (int64_t)page * page_stride + (int64_t)(p % page_size) * D;
+}
+
+static float dot(const float *q, const mpk_bf16 *k, int32_t D) {
+    float acc[MPK_CPU_LANES] = {0};
+    mpk_cpu_dot_accumulate(acc, q, k, D);
+    return mpk_cpu_lane_sum(acc);
+}
+
+// ---- attention ---------------------------------------------------------------------------------
+
+// softmax(q . k_t * scale) over t in [0, pos], times v_t, into out (D). Scores are taken in
+// blocks: the running maximum m and sum l are rescaled once per block.
+static void attend(const float *q, const mpk_bf16 *k_cache, const mpk_bf16 *v_cache,
+                   const mpk_batch *batch, const int32_t *page_table, int32_t pos, int32_t D,
+                   int32_t page_size, int64_t page_stride, float scale, mpk_bf16 *out) {
+    float acc[MPK_ATTENTION_MAX_HEAD_DIM] = {0};  // (D) sum of p_t v_t at the running max
+    float sc[SCORE_BLOCK];
+    int64_t off[SCORE_BLOCK];
+    float m = -INFINITY, l = 0.0f;
+    for (int32_t t0 = 0; t0 <= pos; t0 += SCORE_BLOCK) {
+        int32_t nb = pos + 1 - t0 < SCORE_BLOCK ? pos + 1 - t0 : SCORE_BLOCK;
+        float bm = -INFINITY;
+        for (int32_t i = 0; i < nb; i++) {
+            off[i] = cache_offset(batch, page_table, t0 + i, D, page_size, page_stride);
+            sc[i] = off[i] < 0 ? -INFINITY : dot(q, k_cache + off[i], D) * scale;
+            if (sc[i] > bm) bm = sc[i];
+        }
+        if (!(bm > m)) bm = m;  // the new running maximum (NaN scores leave it alone)
+        if (bm == -INFINITY) continue;  // nothing attendable yet
+        float corr = expf(m - bm);  // 0 on the first block (m = -inf)
+        l *= corr;
+        for (int32_t d = 0; d < D; d++) acc[d] *= corr;
+        m = bm;
+        for (int32_t i = 0; i < nb; i++) {
+            if (off[i] < 0) continue;
+            float p = expf(sc[i] - m);
+            const mpk_bf16 *v = v_cache + off[i];
+            l += p;
+            for (int32_t d = 0; d < D; d++) acc[d] += p * mpk_bf16_to_f32(v[d]);
+        }
+    }
+    float inv = l > 0.0f ? 1.0f / l : NAN;  // NaN when no position was readable: loud, not silent
+    for (int32_t d = 0; d < D; d++) out[d] = mpk_f32_to_bf16(acc[d] * inv);
+}
+
+void mpk_attention_cpu(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache,
+                       const mpk_bf16 *q_norm, const mpk_bf16 *k_norm, const float *inv_freq,
+                       mpk_bf16 *out, const mpk_batch *batch, int32_t G, int32_t D,
+                       int32_t ld_qkv, int32_t ld_out, int32_t page_size, int64_t page_stride,
+                       float eps, float scale) {
+    const int32_t *row_entry = MPK_BATCH_CARRAY(batch, off_row_entry, int32_t);
+    const int32_t *row_pos = MPK_BATCH_CARRAY(batch, off_row_pos, int32_t);
+    const int32_t *entry_slot = MPK_BATCH_CARRAY(batch, off_entry_slot, int32_t);
+    const int32_t *page_tables = MPK_BATCH_CARRAY(batch, off_page_table, int32_t);
+    int32_t rows = batch->num_tokens;
+    if (G <= 0 || D <= 0) return;
+    if (D > MPK_ATTENTION_MAX_HEAD_DIM) {
+        for (int32_t r = 0; r < rows; r++)
+            for (int32_t c = 0; c < G * D; c++)
+                out[(int64_t)r * ld_out + c] = mpk_f32_to_bf16(NAN);
+        return;
+    }
+    float buf[MPK_ATTENTION_MAX_HEAD_DIM];  // (D) the k or q head being prepared
+
+    // Every row's k and v first: a prefill chunk's rows attend to each other's positions.
+    for (int32_t r = 0; r < rows; r++) {
+        int32_t slot = entry_slot[row_entry[r]];
+        const int32_t *pt = page_tables + (int64_t)slot * batch->max_pages_per_request;
+        int64_t off = cache_offset(batch, pt, row_pos[r], D, page_size, page_stride);
+        if (off < 0) continue;
+        const mpk_bf16 *k = qkv + (int64_t)r * ld_qkv + (int64_t)G * D;  // (D), then v (D)
+        prepare_head(k, k_norm, inv_freq, row_pos[r], D, eps, buf);
+        for (int32_t d = 0; d < D; d++) k_cache[off + d] = mpk_f32_to_bf16(buf[d]);
+        memcpy(v_cache + off, k + D, sizeof *v_cache * (size_t)D);
+    }
+
+    for (int32_t r = 0; r < rows; r++) {
+        int32_t slot = entry_slot[row_entry[r]];
+        const int32_t *pt = page_tables + (int64_t)slot * batch->max_pages_per_request;
+        for (int32_t g = 0; g < G; g++) {
+            const mpk_bf16 *q = qkv + (int64_t)r * ld_qkv + (int64_t)g * D;  // (D)
+            prepare_head(q, q_norm, inv_freq, row_pos[r], D, eps, buf);
+            attend(buf, k_cache, v_cache, batch, pt, row_pos[r], D, page_size, page_stride, scale,
+                   out + (int64_t)r * ld_out + (int64_t)g * D);
+        }
+    }
+}

@@ -1,0 +1,475 @@
+// runtime.cuh — the device side of the CUDA backend: the persistent megakernel (worker blocks,
+// scheduler warps or the static schedule, event counters that never reset, prepare_next_batch on
+// one thread, the abort flag, profiling) and the extern "C" functions the host library reaches
+// through dlsym. Every CUDA runtime call of the backend lives here, checked, with file:line.
+//
+// The generated .cu defines, after this file:
+//   __device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b);
+// which runs task d with the whole block (false: unknown variant). Semantics mirror
+// src/runtime/cpu: see DESIGN.md §2.3 and the comments at each loop below.
+#ifndef MPK_RUNTIME_CUDA_RUNTIME_CUH
+#define MPK_RUNTIME_CUDA_RUNTIME_CUH
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "../../kernels/task.h"
+#include "../batch.h"
+#include "abi.cuh"
+
+__device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b);
+
+// ---- memory ordering primitives -----------------------------------------------------------------
+// Release on every increment and publication, acquire on every poll, gpu scope: a task's outputs
+// (written by the whole block, then __syncthreads) happen-before the increment by thread 0, and
+// a waiter's acquire by thread 0, then __syncthreads, orders its block's later loads.
+
+__device__ __forceinline__ unsigned long long mpk_ld_acquire(const unsigned long long *p) {
+    unsigned long long v;
+    asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void mpk_st_release(unsigned long long *p, unsigned long long v) {
+    asm volatile("st.release.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
+__device__ __forceinline__ unsigned long long mpk_atom_add_release(unsigned long long *p,
+                                                                   unsigned long long v) {
+    unsigned long long old;
+    asm volatile("atom.release.gpu.global.add.u64 %0, [%1], %2;" : "=l"(old) : "l"(p), "l"(v) : "memory");
+    return old;
+}
+
+__device__ __forceinline__ int64_t mpk_globaltimer(void) {
+    uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return (int64_t)t;
+}
+
+__device__ __forceinline__ bool mpk_aborted(const mpk_dev_args &a) { return *a.abort_flag != 0; }
+
+// Polls until *p >= target (acquire), with a short back-off; false when the run is aborted.
+// One thread calls it.
+__device__ bool mpk_wait_geq(const mpk_dev_args &a, const unsigned long long *p,
+                             unsigned long long target) {
+    if (mpk_ld_acquire(p) >= target) return true;
+    unsigned ns = 32;
+    for (unsigned spins = 1;; spins++) {
+        __nanosleep(ns);
+        if (ns < 256) ns <<= 1;
+        if (mpk_ld_acquire(p) >= target) return true;
+        if ((spins & 63) == 0 && mpk_aborted(a)) return false;
+    }
+}
+
+// Stops every block: the host sees a device error after the launch.
+__device__ void mpk_device_error(const mpk_dev_args &a, int32_t task) {
+    a.control->error = 1;
+    a.control->error_task = task;
+    __threadfence_system();
+    *a.abort_flag = MPK_DEV_ABORT_DEVICE;
+}
+
+// ---- queues -------------------------------------------------------------------------------------
+// Multi-producer single-consumer rings of 64-bit slots, 0 meaning empty. A producer reserves a
+// position with an atomic add on the tail, waits until that slot is empty (the ring never holds
+// more than its capacity: a worker's queue at most one iteration's tasks plus the terminate
+// entry, a scheduler's at most one iteration's events) and publishes with a release store; the
+// consumer keeps its head in a register, polls its slot with acquire and clears it.
+
+__device__ bool mpk_ring_push(const mpk_dev_args &a, unsigned long long *slots,
+                              unsigned long long *tail, int32_t capacity, unsigned long long v) {
+    const unsigned long long pos = atomicAdd(tail, 1ull);
+    unsigned long long *slot = &slots[pos & (unsigned long long)(capacity - 1)];
+    unsigned spins = 0;
+    while (mpk_ld_acquire(slot) != 0) {
+        __nanosleep(64);
+        if ((++spins & 63) == 0 && mpk_aborted(a)) return false;
+    }
+    mpk_st_release(slot, v);
+    return true;
+}
+
+// Takes the next entry if there is one (0 when empty).
+__device__ unsigned long long mpk_ring_try_pop(unsigned long long *slots, int32_t capacity,
+                                               unsigned long long *head) {
+    unsigned long long *slot = &slots[*head & (unsigned long long)(capacity - 1)];
+    const unsigned long long v = mpk_ld_acquire(slot);
+    if (v == 0) return 0;
+    *(volatile unsigned long long *)slot = 0;
+    (*head)++;
+    return v;
+}
+
+#define MPK_QUEUE_TERMINATE 0xffffffffull  // a worker-queue entry (low word) that ends the worker
+
+// ---- iteration control --------------------------------------------------------------------------
+
+// The END of the iteration `iter` (run-local, 0 before the first) has fired, or iter == 0: one
+// thread runs prepare_next_batch and begins iteration iter + 1 (event 0 triggered, `begun`
+// published) or ends the run (stop). Returns false when the run must end.
+__device__ bool mpk_iteration_step(const mpk_dev_args &a, uint32_t iter) {
+    mpk_dev_control *c = a.control;
+    mpk_batch *b = a.batch;
+    if (iter == 0) c->epoch_ns = mpk_globaltimer();
+    if (iter > 0) {
+        const int64_t dt = mpk_globaltimer() - c->iter_begin_ns;
+        if (b->iter_prompt_tokens > 0) c->prefill_ns += dt; else c->decode_ns += dt;
+    }
+    const int32_t st = mpk_batch_prepare(b, a.tokens, a.step, a.output_ids, a.input_ids);
+    c->status = st;
+    if (st == MPK_BATCH_RUNNING) c->iterations++;
+    c->iter_begin_ns = mpk_globaltimer();
+    if (st != MPK_BATCH_RUNNING) c->stop = 1;
+    __threadfence();
+    mpk_st_release(&c->begun, iter + 1);
+    // The begin events fire for iteration iter + 1 also when stopping, so static workers wake
+    // and read the status (they wait on event 0).
+    for (int32_t e = 0; e < a.num_begin_events; e++)
+        if ((uint32_t)e != a.stall_event)  // (the stall test hook may name a begin event too)
+            mpk_atom_add_release(&a.counters[e], a.events[e].num_triggers);
+    return st == MPK_BATCH_RUNNING;
+}
+
+// ---- running one task -----------------------------------------------------------------------------
+
+struct mpk_worker_shared {
+    int32_t flag;
+    unsigned long long entry;
+};
+
+// Waits for the task's event, runs it with the whole block, triggers its events. All threads
+// call it; returns false when the run was aborted.
+template <bool PROFILE>
+__device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32_t w,
+                             int32_t t, uint32_t iter) {
+    const mpk_task_desc &d = a.tasks[t];
+    const uint32_t ev = d.wait_event;
+    int64_t t_wait = 0, t_start = 0;
+    if (threadIdx.x == 0) {
+        if (PROFILE) t_wait = mpk_globaltimer();
+        mpk_dev_worker_status *ws = &a.worker_status[w];
+        ws->task = t;
+        ws->iteration = (int32_t)iter;
+        ws->event = ev;
+        ws->state = MPK_DEV_W_WAITING;
+        bool ok = true;
+        if (ev != MPK_EVENT_NONE)
+            ok = mpk_wait_geq(a, &a.counters[ev], (unsigned long long)a.events[ev].num_triggers * iter);
+        ws->state = MPK_DEV_W_RUNNING;
+        sh->flag = ok;
+        if (PROFILE) t_start = mpk_globaltimer();
+    }
+    __syncthreads();
+    if (!sh->flag) return false;
+    if (!mpk_dispatch_task(d, a.batch) && threadIdx.x == 0) mpk_device_error(a, t);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        for (uint32_t i = d.trigger_begin; i < d.trigger_end; i++) {
+            const uint32_t e = a.triggers[i];
+            if (e == a.stall_event) continue;  // test hook: this event never fires
+            const unsigned long long now = mpk_atom_add_release(&a.counters[e], 1ull) + 1;
+            const mpk_event_desc &ed = a.events[e];
+            // A just-in-time event hands its tasks to a scheduler when it completes.
+            if ((ed.flags & MPK_EVENT_FLAG_JIT) && a.num_schedulers > 0 &&
+                (int32_t)e >= a.num_begin_events && now % ed.num_triggers == 0) {
+                const int32_t s = (int32_t)(e % (uint32_t)a.num_schedulers);
+                const unsigned long long v = ((now / ed.num_triggers) << 32) | (e + 1ull);
+                mpk_ring_push(a, a.event_queue + (int64_t)s * a.event_queue_capacity,
+                              &a.event_queue_tail[s], a.event_queue_capacity, v);
+            }
+        }
+        a.worker_status[w].state = MPK_DEV_W_IDLE;
+        if (PROFILE) {
+            const unsigned int n = atomicAdd(&a.profile_count[w], 1u);
+            if ((int32_t)n < a.profile_capacity) {
+                mpk_dev_prof *p = &a.profile[(int64_t)w * a.profile_capacity + n];
+                p->task_type = d.type;
+                p->worker = (uint16_t)w;
+                p->task = t;
+                p->layer = (int32_t)d.layer;
+                p->iteration = (int32_t)iter;
+                p->start_ns = t_start;
+                p->end_ns = mpk_globaltimer();
+                p->wait_ns = t_start - t_wait;
+            }
+        }
+    }
+    return true;
+}
+
+// ---- workers ------------------------------------------------------------------------------------
+
+// Static mode: worker w runs its compile-time list every iteration. All workers wait for event 0
+// of the iteration and read the status published with it; worker 0's thread 0 also waits for
+// the END event and runs prepare_next_batch.
+template <bool PROFILE>
+__device__ void mpk_worker_static(const mpk_dev_args &a, mpk_worker_shared *sh, int32_t w) {
+    if (w == 0 && threadIdx.x == 0) mpk_iteration_step(a, 0);  // begins iteration 1 (or stops)
+    const unsigned long long n0 = a.events[0].num_triggers;
+    for (uint32_t iter = 1;; iter++) {
+        if (threadIdx.x == 0) {
+            bool ok = mpk_wait_geq(a, &a.counters[0], n0 * iter);
+            sh->flag = ok && *(volatile int32_t *)&a.control->stop == 0;
+        }
+        __syncthreads();
+        const bool go = sh->flag;
+        __syncthreads();
+        if (!go) return;
+        for (int32_t i = a.worker_task_begin[w]; i < a.worker_task_begin[w + 1]; i++)
+            if (!mpk_run_task<PROFILE>(a, sh, w, a.worker_tasks[i], iter)) return;
+        if (w == 0 && threadIdx.x == 0) {
+            const unsigned long long ne = a.events[a.end_event].num_triggers;
+            if (mpk_wait_geq(a, &a.counters[a.end_event], ne * iter)) mpk_iteration_step(a, iter);
+        }
+    }
+}
+
+// Scheduled mode: worker w runs what the schedulers push to its queue, in order.
+template <bool PROFILE>
+__device__ void mpk_worker_dynamic(const mpk_dev_args &a, mpk_worker_shared *sh, int32_t w) {
+    unsigned long long *slots = a.worker_queue + (int64_t)w * a.queue_capacity;
+    unsigned long long head = 0;  // thread 0's
+    for (;;) {
+        if (threadIdx.x == 0) {
+            unsigned long long v;
+            unsigned spins = 0, ns = 32;
+            while ((v = mpk_ring_try_pop(slots, a.queue_capacity, &head)) == 0) {
+                __nanosleep(ns);
+                if (ns < 256) ns <<= 1;
+                if ((++spins & 63) == 0 && mpk_aborted(a)) break;
+            }
+            sh->entry = v;
+        }
+        __syncthreads();
+        const unsigned long long v = sh->entry;
+        __syncthreads();
+        if (v == 0 || (v & 0xffffffffull) == MPK_QUEUE_TERMINATE) return;
+        const int32_t t = (int32_t)(v & 0xffffffffull) - 1;
+        if (!mpk_run_task<PROFILE>(a, sh, w, t, (uint32_t)(v >> 32))) return;
+    }
+}
+
+// ---- schedulers ---------------------------------------------------------------------------------
+// One thread (lane 0 of a scheduler warp) each. Task t always goes to worker t % W; scheduler s
+// pushes the begin-of-iteration tasks of the workers w with w % S == s (one producer per queue
+// in ahead-of-time mode, in graph order, so a worker's queue is topologically ordered), and the
+// tasks of the just-in-time events e with e % S == s. Scheduler 0 also watches the END event and
+// runs prepare_next_batch; when the run ends it pushes the terminate entry to every worker.
+
+__device__ bool mpk_dispatch_at_begin(const mpk_dev_args &a, const mpk_task_desc &d) {
+    const uint32_t e = d.wait_event;
+    return e == MPK_EVENT_NONE || (int32_t)e < a.num_begin_events ||
+           !(a.events[e].flags & MPK_EVENT_FLAG_JIT);
+}
+
+__device__ bool mpk_push_task(const mpk_dev_args &a, int32_t t, uint32_t iter) {
+    const int32_t w = t % a.num_workers;
+    return mpk_ring_push(a, a.worker_queue + (int64_t)w * a.queue_capacity,
+                         &a.worker_queue_tail[w], a.queue_capacity,
+                         ((unsigned long long)iter << 32) | (unsigned long long)(t + 1));
+}
+
+__device__ void mpk_scheduler(const mpk_dev_args &a, int32_t s) {
+    const int32_t S = a.num_schedulers, W = a.num_workers;
+    unsigned long long *equeue = a.event_queue + (int64_t)s * a.event_queue_capacity;
+    unsigned long long ehead = 0;
+    uint32_t iter = 0;  // the iteration this scheduler dispatched last
+    if (s == 0) mpk_iteration_step(a, 0);
+    unsigned spins = 0, ns = 32;
+    for (;;) {
+        bool busy = false;
+        // Scheduler 0: the END of the current iteration begins the next one.
+        if (s == 0 && iter > 0 && !*(volatile int32_t *)&a.control->stop) {
+            const unsigned long long ne = a.events[a.end_event].num_triggers;
+            if (mpk_ld_acquire(&a.counters[a.end_event]) >= ne * iter) {
+                mpk_iteration_step(a, iter);
+                busy = true;
+            }
+        }
+        const unsigned long long begun = mpk_ld_acquire(&a.control->begun);
+        if (*(volatile int32_t *)&a.control->stop) {
+            if (s == 0)
+                for (int32_t w = 0; w < W; w++)
+                    mpk_ring_push(a, a.worker_queue + (int64_t)w * a.queue_capacity,
+                                  &a.worker_queue_tail[w], a.queue_capacity, MPK_QUEUE_TERMINATE);
+            return;
+        }
+        if (begun > iter) {  // a new iteration: this scheduler's share of its begin tasks
+            iter = (uint32_t)begun;
+            for (int32_t t = 0; t < a.num_tasks; t++)
+                if ((t % W) % S == s && mpk_dispatch_at_begin(a, a.tasks[t]) && !mpk_push_task(a, t, iter))
+                    return;
+            busy = true;
+        }
+        const unsigned long long v = mpk_ring_try_pop(equeue, a.event_queue_capacity, &ehead);
+        if (v) {
+            const uint32_t e = (uint32_t)(v & 0xffffffffull) - 1, it = (uint32_t)(v >> 32);
+            for (uint32_t t = a.events[e].first_task; t < a.events[e].last_task; t++)
+                if (!mpk_push_task(a, (int32_t)t, it)) return;
+            busy = true;
+        }
+        if (busy) {
+            ns = 32;
+            continue;
+        }
+        __nanosleep(ns);
+        if (ns < 256) ns <<= 1;
+        if ((++spins & 63) == 0 && mpk_aborted(a)) return;
+    }
+}
+
+// ---- the kernel ---------------------------------------------------------------------------------
+
+// Blocks [0, num_workers) are workers; the rest hold MPK_DEV_SCHEDULERS_PER_BLOCK scheduler
+// warps each (static mode launches none).
+template <bool PROFILE>
+__global__ void __launch_bounds__(MPK_DEV_THREADS, 1) mpk_megakernel(const __grid_constant__ mpk_dev_args a) {
+    __shared__ mpk_worker_shared sh;
+    const int32_t blk = (int32_t)blockIdx.x;
+    if (blk < a.num_workers) {
+        if (a.num_schedulers == 0)
+            mpk_worker_static<PROFILE>(a, &sh, blk);
+        else
+            mpk_worker_dynamic<PROFILE>(a, &sh, blk);
+        if (threadIdx.x == 0) a.worker_status[blk].state = MPK_DEV_W_EXITED;
+        return;
+    }
+    const int32_t warp = (int32_t)threadIdx.x / 32;
+    const int32_t s = (blk - a.num_workers) * MPK_DEV_SCHEDULERS_PER_BLOCK + warp;
+    if (warp < MPK_DEV_SCHEDULERS_PER_BLOCK && s < a.num_schedulers && threadIdx.x % 32 == 0)
+        mpk_scheduler(a, s);
+}
+
+// ---- host ABI (extern "C", reached through dlsym) -------------------------------------------------
+
+static char mpk_dev_error_text[1024];
+static cudaStream_t mpk_dev_stream;
+
+static int mpk_dev_fail(cudaError_t e, const char *what, const char *file, int line) {
+    snprintf(mpk_dev_error_text, sizeof mpk_dev_error_text, "%s failed: %s (%s) at %s:%d", what,
+             cudaGetErrorString(e), cudaGetErrorName(e), file, line);
+    return (int)e;
+}
+
+#define MPK_CUDA_CHECK(call)                                                     \
+    do {                                                                         \
+        cudaError_t mpk_e_ = (call);                                             \
+        if (mpk_e_ != cudaSuccess) return mpk_dev_fail(mpk_e_, #call, __FILE__, __LINE__); \
+    } while (0)
+
+extern "C" {
+
+int mpk_dev_abi_version(void) { return MPK_DEV_ABI_VERSION; }
+
+const char *mpk_dev_last_error(void) { return mpk_dev_error_text; }
+
+int mpk_dev_init(int device, mpk_dev_info *info) {
+    int count = 0;
+    MPK_CUDA_CHECK(cudaGetDeviceCount(&count));
+    if (device < 0 || device >= count) {
+        snprintf(mpk_dev_error_text, sizeof mpk_dev_error_text,
+                 "cuda_device %d does not exist (%d devices)", device, count);
+        return MPK_DEV_ERR_ARG;
+    }
+    MPK_CUDA_CHECK(cudaSetDevice(device));
+    cudaDeviceProp p;
+    MPK_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
+    memset(info, 0, sizeof *info);
+    snprintf(info->name, sizeof info->name, "%s", p.name);
+    info->sm_count = p.multiProcessorCount;
+    info->cc_major = p.major;
+    info->cc_minor = p.minor;
+    info->smem_optin = (int64_t)p.sharedMemPerBlockOptin;
+    info->total_mem = (int64_t)p.totalGlobalMem;
+    if (!mpk_dev_stream) MPK_CUDA_CHECK(cudaStreamCreateWithFlags(&mpk_dev_stream, cudaStreamNonBlocking));
+    return MPK_DEV_OK;
+}
+
+int mpk_dev_malloc(void **ptr, size_t bytes) {
+    *ptr = NULL;
+    MPK_CUDA_CHECK(cudaMalloc(ptr, bytes ? bytes : 16));
+    MPK_CUDA_CHECK(cudaMemset(*ptr, 0, bytes ? bytes : 16));
+    return MPK_DEV_OK;
+}
+
+int mpk_dev_free(void *ptr) {
+    if (ptr) MPK_CUDA_CHECK(cudaFree(ptr));
+    return MPK_DEV_OK;
+}
+
+int mpk_dev_memcpy_h2d(void *dst, const void *src, size_t bytes) {
+    MPK_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+    return MPK_DEV_OK;
+}
+
+int mpk_dev_memcpy_d2h(void *dst, const void *src, size_t bytes) {
+    MPK_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+    return MPK_DEV_OK;
+}
+
+int mpk_dev_memset(void *dst, int value, size_t bytes) {
+    MPK_CUDA_CHECK(cudaMemset(dst, value, bytes));
+    return MPK_DEV_OK;
+}
+
+// Pinned host memory mapped into the device (the abort flag): *host and its device alias *dev.
+int mpk_dev_host_alloc(void **host, void **dev, size_t bytes) {
+    *host = *dev = NULL;
+    MPK_CUDA_CHECK(cudaHostAlloc(host, bytes, cudaHostAllocMapped));
+    memset(*host, 0, bytes);
+    MPK_CUDA_CHECK(cudaHostGetDevicePointer(dev, *host, 0));
+    return MPK_DEV_OK;
+}
+
+int mpk_dev_host_free(void *host) {
+    if (host) MPK_CUDA_CHECK(cudaFreeHost(host));
+    return MPK_DEV_OK;
+}
+
+// Checks that every block can be resident at once and launches cooperatively (which the driver
+// refuses, rather than hangs, when they cannot). *blocks gets the grid size.
+int mpk_dev_launch(const mpk_dev_args *args, int *blocks) {
+    const void *fn = args->profiling ? (const void *)mpk_megakernel<true> : (const void *)mpk_megakernel<false>;
+    const int sched_blocks = (args->num_schedulers + MPK_DEV_SCHEDULERS_PER_BLOCK - 1) / MPK_DEV_SCHEDULERS_PER_BLOCK;
+    const int grid = args->num_workers + sched_blocks;
+    *blocks = grid;
+    int device = 0, sms = 0, per_sm = 0;
+    MPK_CUDA_CHECK(cudaGetDevice(&device));
+    MPK_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    MPK_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, MPK_DEV_THREADS, 0));
+    if (per_sm < 1 || grid > sms) {
+        snprintf(mpk_dev_error_text, sizeof mpk_dev_error_text,
+                 "%d workers + %d scheduler blocks (%d schedulers / %d) = %d blocks do not fit "
+                 "the %d SMs one block each (occupancy %d blocks per SM)",
+                 args->num_workers, sched_blocks, args->num_schedulers,
+                 MPK_DEV_SCHEDULERS_PER_BLOCK, grid, sms, per_sm);
+        return MPK_DEV_ERR_LIMIT;
+    }
+    void *params[] = {(void *)args};
+    MPK_CUDA_CHECK(cudaLaunchCooperativeKernel(fn, dim3(grid), dim3(MPK_DEV_THREADS), params, 0,
+                                               mpk_dev_stream));
+    return MPK_DEV_OK;
+}
+
+// *done = 1 once the launch finished (its error, if any, is returned).
+int mpk_dev_poll(int *done) {
+    cudaError_t e = cudaStreamQuery(mpk_dev_stream);
+    *done = e != cudaErrorNotReady;
+    if (e == cudaErrorNotReady) return MPK_DEV_OK;
+    MPK_CUDA_CHECK(e);
+    return MPK_DEV_OK;
+}
+
+int mpk_dev_sync(void) {
+    MPK_CUDA_CHECK(cudaStreamSynchronize(mpk_dev_stream));
+    return MPK_DEV_OK;
+}
+
+}  // extern "C"
+
+#endif  // MPK_RUNTIME_CUDA_RUNTIME_CUH

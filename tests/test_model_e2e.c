@@ -1,0 +1,219 @@
+// test_model_e2e.c — mpk against Hugging Face transformers (suite "model"): each fixture model of
+// tests/fixtures/models (made by tests/fixtures/make_models.py) is loaded, built and run on the
+// CPU backend; its teacher-forced logits and greedy tokens are compared with the reference.
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mpk.h"
+#include "mpk/model.h"
+#include "model/model_internal.h"
+#include "model/safetensors.h"
+
+static char *path_in(const char *dir, const char *name) {
+    char *p = malloc(strlen(dir) + strlen(name) + 2);
+    sprintf(p, "%s/%s", dir, name);
+    return p;
+}
+
+// tests/fixtures/make_models.py saved each model (bf16) with the logits of an fp32 forward pass
+// over the same bf16 weights and 32 greedy tokens. mpk keeps activations in bf16 (fp32
+// accumulation), so logits differ by bf16 rounding: each of the ~10 rounded stages between
+// embedding and logits adds a relative error of up to 2^-9, giving a normalised squared error of
+// order 1e-5..1e-4; the bound 2e-3 leaves room for that yet fails any wrong layer (which gives
+// errors of order 1). A top-1 or greedy decision may flip only where the reference's own margin
+// between the best two logits is below TIE_MARGIN, where bf16 rounding can reorder them.
+
+#define FIXTURES "tests/fixtures/models"
+#define TIE_MARGIN 0.05
+#define MAX_NSE 2e-3
+
+typedef struct ref_data {
+    int num_prompts;
+    int32_t *prompt[4];
+    int prompt_len[4];
+    int32_t *greedy[4];
+    double *greedy_margin[4];
+    double *teacher_margin[4];
+    int new_tokens;
+} ref_data;
+
+static int32_t *json_ints(const cJSON *arr, int *n) {
+    *n = cJSON_GetArraySize(arr);
+    int32_t *v = calloc((size_t)*n + 1, sizeof *v);
+    int i = 0;
+    for (const cJSON *it = arr ? arr->child : NULL; it; it = it->next)
+        v[i++] = (int32_t)it->valuedouble;
+    return v;
+}
+
+static double *json_doubles(const cJSON *arr) {
+    int n = cJSON_GetArraySize(arr), i = 0;
+    double *v = calloc((size_t)n + 1, sizeof *v);
+    for (const cJSON *it = arr ? arr->child : NULL; it; it = it->next) v[i++] = it->valuedouble;
+    return v;
+}
+
+static void read_ref(const char *dir, ref_data *r) {
+    char *p = path_in(dir, "ref.json");
+    char *text;
+    size_t len;
+    char err[256] = "";
+    mpk_status st = mpk_read_text_file(p, "ref.json", &text, &len, err, sizeof err);
+    cr_assert_eq(st, MPK_OK, "%s: %s — run `python3 tests/fixtures/make_models.py` on a machine "
+                 "with torch and transformers and commit tests/fixtures/models", dir, err);
+    free(p);
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    cr_assert(root != NULL, "%s/ref.json is not JSON", dir);
+    const cJSON *prompts = cJSON_GetObjectItem(root, "prompts");
+    const cJSON *greedy = cJSON_GetObjectItem(root, "greedy");
+    const cJSON *gm = cJSON_GetObjectItem(root, "greedy_margins");
+    const cJSON *tm = cJSON_GetObjectItem(root, "teacher_margins");
+    r->num_prompts = cJSON_GetArraySize(prompts);
+    r->new_tokens = cJSON_GetObjectItem(root, "new_tokens")->valueint;
+    cr_assert(r->num_prompts >= 1 && r->num_prompts <= 4);
+    for (int i = 0; i < r->num_prompts; i++) {
+        int n;
+        r->prompt[i] = json_ints(cJSON_GetArrayItem(prompts, i), &r->prompt_len[i]);
+        r->greedy[i] = json_ints(cJSON_GetArrayItem(greedy, i), &n);
+        cr_assert_eq(n, r->new_tokens);
+        r->greedy_margin[i] = json_doubles(cJSON_GetArrayItem(gm, i));
+        r->teacher_margin[i] = json_doubles(cJSON_GetArrayItem(tm, i));
+    }
+    cJSON_Delete(root);
+}
+
+static void free_ref(ref_data *r) {
+    for (int i = 0; i < r->num_prompts; i++) {
+        free(r->prompt[i]);
+        free(r->greedy[i]);
+        free(r->greedy_margin[i]);
+        free(r->teacher_margin[i]);
+    }
+}
+
+static mpk_kernel *fixture_kernel(mpk_model *m, int32_t workers) {
+    mpk_kernel_params p = mpk_kernel_default_params();
+    p.backend = MPK_BACKEND_CPU;
+    p.num_workers = workers;
+    p.max_batched_tokens = 32;  // a whole prompt in the first iteration
+    p.max_seq_len = 64;
+    p.page_size = 16;           // prompts and generations cross page boundaries
+    p.num_eos_token_ids = 0;    // the reference ignores EOS
+    mpk_kernel *k = NULL;
+    cr_assert_eq(mpk_kernel_create(&p, &k), MPK_OK);
+    cr_assert_eq(mpk_model_build(m, k, NULL), MPK_OK, "%s", mpk_last_error(k));
+    cr_assert_eq(mpk_compile(k), MPK_OK, "%s", mpk_last_error(k));
+    return k;
+}
+
+static void check_fixture(const char *name) {
+    char dir[256];
+    snprintf(dir, sizeof dir, FIXTURES "/%s", name);
+    ref_data r;
+    read_ref(dir, &r);
+    mpk_model *m = NULL;
+    char err[512] = "";
+    cr_assert_eq(mpk_model_load(dir, &m, err, sizeof err), MPK_OK, "%s", err);
+    char *lp = path_in(dir, "ref_logits.safetensors");
+    mpk_st_file *lf;
+    cr_assert_eq(mpk_st_open(lp, "ref_logits.safetensors", &lf, err, sizeof err), MPK_OK, "%s",
+                 err);
+    free(lp);
+    const int64_t V = mpk_model_get_config(m)->vocab_size;
+    mpk_kernel *k = fixture_kernel(m, 3);
+    mpk_tensor *logits;
+    cr_assert_eq(mpk_tensor_find(k, "logits", &logits), MPK_OK);
+    uint16_t *got = malloc((size_t)(32 * V) * 2);  // (max_batched_tokens, V)
+    float *row = malloc((size_t)V * 4);
+    for (int i = 0; i < r.num_prompts; i++) {
+        int L = r.prompt_len[i];
+        char tn[32];
+        snprintf(tn, sizeof tn, "prompt%d", i);
+        const mpk_st_tensor *ref = mpk_st_find(lf, tn);
+        cr_assert(ref && ref->dtype == MPK_F32 && ref->shape[0] == L && ref->shape[1] == V);
+
+        // Teacher forcing: one iteration over the whole prompt, logits of every position.
+        cr_assert_eq(mpk_request_clear(k), MPK_OK);
+        cr_assert_eq(mpk_request_add(k, r.prompt[i], L, 1, NULL, NULL), MPK_OK, "%s",
+                     mpk_last_error(k));
+        cr_assert_eq(mpk_run(k, NULL, NULL), MPK_OK, "%s", mpk_last_error(k));
+        cr_assert_eq(mpk_tensor_read(k, logits, got, (size_t)(32 * V) * 2), MPK_OK);
+        double num = 0, den = 0;
+        int flips = 0;
+        for (int t = 0; t < L; t++) {
+            // The reference row, copied out: safetensors data need not be 4-byte aligned.
+            memcpy(row, (const uint8_t *)ref->data + (size_t)(t * V) * 4, (size_t)V * 4);
+            int64_t best_ref = 0, best_got = 0;
+            for (int64_t v = 0; v < V; v++) {
+                float gv = mpk_st_bf16_to_f32(got[t * V + v]);
+                cr_assert(isfinite(gv), "%s prompt %d row %d: logit %lld is %f", name, i, t,
+                          (long long)v, gv);
+                num += (gv - row[v]) * (gv - row[v]);
+                den += (double)row[v] * row[v];
+                if (row[v] > row[best_ref]) best_ref = v;
+                if (gv > mpk_st_bf16_to_f32(got[t * V + best_got])) best_got = v;
+            }
+            if (best_ref != best_got) {
+                flips++;
+                cr_expect(r.teacher_margin[i][t] < TIE_MARGIN,
+                          "%s prompt %d position %d: top-1 %lld, transformers %lld (margin %g)",
+                          name, i, t, (long long)best_got, (long long)best_ref,
+                          r.teacher_margin[i][t]);
+            }
+        }
+        double nse = num / den;
+        cr_expect(nse < MAX_NSE, "%s prompt %d: normalised squared error %g", name, i, nse);
+        cr_log_info("%s prompt %d: logits nse %.3g, %d top-1 flips (all at near-ties) of %d",
+                    name, i, nse, flips, L);
+
+        // Other worker counts give other grids; each output column is computed the same way
+        // whatever the slicing, so the logits must be bitwise identical.
+        if (i == 0) {
+            mpk_kernel *k7 = fixture_kernel(m, 7);
+            mpk_tensor *logits7;
+            uint16_t *got7 = malloc((size_t)(32 * V) * 2);
+            cr_assert_eq(mpk_tensor_find(k7, "logits", &logits7), MPK_OK);
+            cr_assert_eq(mpk_request_add(k7, r.prompt[i], L, 1, NULL, NULL), MPK_OK);
+            cr_assert_eq(mpk_run(k7, NULL, NULL), MPK_OK, "%s", mpk_last_error(k7));
+            cr_assert_eq(mpk_tensor_read(k7, logits7, got7, (size_t)(32 * V) * 2), MPK_OK);
+            cr_expect(memcmp(got, got7, (size_t)(L * V) * 2) == 0,
+                      "%s: logits differ between 3 and 7 workers", name);
+            free(got7);
+            mpk_kernel_free(k7);
+        }
+
+        // Greedy generation, one token per iteration through the KV cache.
+        cr_assert_eq(mpk_request_clear(k), MPK_OK);
+        cr_assert_eq(mpk_request_add(k, r.prompt[i], L, r.new_tokens, NULL, NULL), MPK_OK);
+        cr_assert_eq(mpk_run(k, NULL, NULL), MPK_OK, "%s", mpk_last_error(k));
+        const int32_t *toks;
+        int32_t plen, total;
+        cr_assert_eq(mpk_request_tokens(k, 0, &toks, &plen, &total), MPK_OK);
+        cr_assert_eq(total - plen, r.new_tokens, "%s prompt %d: %d tokens generated", name, i,
+                     total - plen);
+        int same = 0;
+        while (same < r.new_tokens && toks[plen + same] == r.greedy[i][same]) same++;
+        if (same < r.new_tokens)
+            cr_expect(r.greedy_margin[i][same] < TIE_MARGIN,
+                      "%s prompt %d: greedy token %d is %d, transformers %d (margin %g)", name,
+                      i, same, toks[plen + same], r.greedy[i][same], r.greedy_margin[i][same]);
+        cr_log_info("%s prompt %d: %d of %d greedy tokens identical", name, i, same,
+                    r.new_tokens);
+    }
+    free(got);
+    free(row);
+    mpk_kernel_free(k);
+    mpk_st_close(lf);
+    mpk_model_free(m);
+    free_ref(&r);
+}
+
+Test(model, e2e_qwen3_tiny) { check_fixture("qwen3-tiny"); }
+Test(model, e2e_qwen3_tiny_tied) { check_fixture("qwen3-tiny-tied"); }
+Test(model, e2e_llama3_tiny) { check_fixture("llama3-tiny"); }
+Test(model, e2e_llama3_tiny_tied) { check_fixture("llama3-tiny-tied"); }

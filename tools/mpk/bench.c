@@ -1,0 +1,183 @@
+// bench.c — `mpk bench`: decode (tgN) and prefill (ppN) speed in the style of llama-bench, with
+// the bytes of weights a decode step streams, the GB/s that makes, and that as a share of the read
+// bandwidth a plain streaming-read kernel reaches on the same device in the same run.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const char *bench_usage =
+    "usage: mpk bench [-m DIR]... [--config NAME]... [-n N] [-p N] [-r R] [-o md|json|csv] [options]\n"
+    "Measures batch-1 decode (tgN: N tokens generated after a 1-token prompt) and prefill (ppN: an\n"
+    "N-token prompt in one iteration). Random weights are enough: --config names a real config.\n"
+    "  -n N                  decode tokens per repetition; 0 skips tg (default: 128)\n"
+    "  -p N                  prompt tokens; 0 skips pp (default: 512)\n"
+    "  -r R                  repetitions, reported as mean ± standard deviation (default: 3)\n"
+    "  -o FMT                md, json or csv (default: md)\n";
+
+typedef struct result {
+    char model[4096];
+    double size_gb;       // weights streamed per decode token
+    const char *backend;
+    char test[32];
+    double ms_per_token, tps, tps_sd, gbps, pct_bw;
+    char device[128];
+    double read_bw;
+} result;
+
+static int run_once(cli_engine *e, int32_t prompt_len, int32_t n_new, double *seconds, int decode) {
+    mpk_request_clear(e->kernel);
+    int32_t *prompt = malloc((size_t)prompt_len * sizeof *prompt);
+    const mpk_model_config *cfg = mpk_model_get_config(e->model);
+    for (int32_t i = 0; i < prompt_len; i++) prompt[i] = (int32_t)((i * 2654435761u) % (uint32_t)cfg->vocab_size);
+    mpk_sampling_params sp = mpk_sampling_default_params();
+    mpk_status st = mpk_request_add(e->kernel, prompt, prompt_len, n_new, &sp, NULL);
+    free(prompt);
+    if (st == MPK_OK) st = mpk_run(e->kernel, NULL, NULL);
+    if (st != MPK_OK) {
+        fprintf(stderr, "mpk: bench: %s\n", mpk_last_error(e->kernel));
+        return 1;
+    }
+    mpk_run_stats rs;
+    mpk_run_get_stats(e->kernel, &rs);
+    int32_t steps = rs.iterations - rs.prefill_iterations;
+    *seconds = decode ? (steps > 0 ? rs.decode_seconds / steps : 0) : rs.prefill_seconds;
+    return 0;
+}
+
+static int bench_model(cli_opts *o, int32_t n_gen, int32_t n_prompt, int reps, result *out, int *nout) {
+    o->batch_tokens = n_prompt > 0 ? n_prompt : 16;
+    int32_t need = (n_prompt > 1 + n_gen ? n_prompt : 1 + n_gen) + 8;
+    if (o->max_seq_len < need) o->max_seq_len = need;
+    cli_engine e;
+    if (cli_engine_open(&e, o, 1)) return 1;
+    char device[128] = "?";
+    double bw = 0;
+    mpk_device_info(e.kernel, device, sizeof device, &bw);
+    double bytes = (double)mpk_model_weight_bytes_per_token(e.model);
+    const char *bk = mpk_kernel_backend(e.kernel) == MPK_BACKEND_CUDA ? "cuda" : "cpu";
+    for (int t = 0; t < 2; t++) {
+        int decode = t == 0;
+        if ((decode && n_gen <= 0) || (!decode && n_prompt <= 0)) continue;
+        double s;
+        if (run_once(&e, decode ? 1 : n_prompt, decode ? n_gen : 1, &s, decode)) {  // warm-up
+            cli_engine_close(&e);
+            return 1;
+        }
+        double sum = 0, sum2 = 0, best = 1e30;
+        for (int r = 0; r < reps; r++) {
+            if (run_once(&e, decode ? 1 : n_prompt, decode ? n_gen : 1, &s, decode)) {
+                cli_engine_close(&e);
+                return 1;
+            }
+            double tps = decode ? 1.0 / s : n_prompt / s;
+            sum += tps;
+            sum2 += tps * tps;
+            if (s < best) best = s;
+        }
+        result *R = &out[(*nout)++];
+        memset(R, 0, sizeof *R);
+        snprintf(R->model, sizeof R->model, "%s", o->config_name ? o->config_name : e.dir);
+        R->size_gb = bytes / 1e9;
+        R->backend = bk;
+        snprintf(R->test, sizeof R->test, "%s%d", decode ? "tg" : "pp", decode ? n_gen : n_prompt);
+        R->tps = sum / reps;
+        R->tps_sd = reps > 1 ? sqrt(fmax(0, (sum2 - sum * sum / reps) / (reps - 1))) : 0;
+        R->ms_per_token = 1e3 / R->tps;
+        R->gbps = decode ? bytes * R->tps / 1e9 : 0;
+        R->pct_bw = decode && bw > 0 ? 100.0 * bytes * R->tps / bw : 0;
+        snprintf(R->device, sizeof R->device, "%s", device);
+        R->read_bw = bw;
+    }
+    cli_engine_close(&e);
+    return 0;
+}
+
+int cmd_bench(int argc, char **argv) {
+    cli_opts o;
+    cli_opts_init(&o);
+    const char *models[16];
+    int nmodels = 0, nconfigs = 0, reps = 3;
+    const char *configs[16];
+    int32_t n_gen = 128, n_prompt = 512;
+    const char *fmt = "md";
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && v) {
+            if (nmodels < 16) models[nmodels++] = v;
+            i++;
+            continue;
+        }
+        if (!strcmp(a, "--config") && v) {
+            if (nconfigs < 16) configs[nconfigs++] = v;
+            i++;
+            continue;
+        }
+        int r = cli_common_option(&o, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r > 0) continue;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            printf("%s%s", bench_usage, cli_common_usage());
+            return 0;
+        }
+        if (!v) {
+            fprintf(stderr, "mpk: unknown option or missing value '%s' (see mpk bench --help)\n", a);
+            return 2;
+        }
+        if (!strcmp(a, "-n")) n_gen = atoi(argv[++i]);
+        else if (!strcmp(a, "-p")) n_prompt = atoi(argv[++i]);
+        else if (!strcmp(a, "-r")) reps = atoi(argv[++i]);
+        else if (!strcmp(a, "-o")) fmt = argv[++i];
+        else {
+            fprintf(stderr, "mpk: unknown option '%s' (see mpk bench --help)\n", a);
+            return 2;
+        }
+    }
+    if (reps < 1 || n_gen < 0 || n_prompt < 0 || (n_gen == 0 && n_prompt == 0) ||
+        (strcmp(fmt, "md") && strcmp(fmt, "json") && strcmp(fmt, "csv"))) {
+        fprintf(stderr, "mpk: bench needs -r >= 1, -n/-p >= 0 (not both 0), -o md|json|csv\n");
+        return 2;
+    }
+    static result res[64];
+    int nres = 0, rc = 0;
+    int total = nmodels + nconfigs;
+    for (int m = 0; m < (total ? total : 1); m++) {
+        cli_opts mo = o;
+        mo.model_dir = m < nmodels ? models[m] : NULL;
+        mo.config_name = m >= nmodels && nconfigs ? configs[m - nmodels] : NULL;
+        if (bench_model(&mo, n_gen, n_prompt, reps, res, &nres)) rc = 1;
+    }
+    if (!strcmp(fmt, "md")) {
+        printf("| model | size (GB read/token) | backend | test | ms/token | t/s | GB/s | %% of read BW |\n");
+        printf("| --- | ---: | --- | --- | ---: | ---: | ---: | ---: |\n");
+        for (int i = 0; i < nres; i++) {
+            result *R = &res[i];
+            printf("| %s | %.3f | %s | %s | %.3f | %.2f ± %.2f | %s%.1f | %s%.1f |\n", R->model, R->size_gb, R->backend,
+                   R->test, R->ms_per_token, R->tps, R->tps_sd, "", R->gbps, "", R->pct_bw);
+        }
+        if (nres) printf("\ndevice: %s; streaming read %.1f GB/s (measured in this run); mpk %s\n", res[0].device,
+                         res[0].read_bw / 1e9, mpk_version());
+    } else if (!strcmp(fmt, "csv")) {
+        printf("model,size_gb,backend,test,ms_per_token,tokens_per_s,tokens_per_s_sd,gb_per_s,pct_read_bw,device,read_bw_gb_per_s,version\n");
+        for (int i = 0; i < nres; i++) {
+            result *R = &res[i];
+            printf("%s,%.4f,%s,%s,%.4f,%.3f,%.3f,%.2f,%.2f,\"%s\",%.2f,%s\n", R->model, R->size_gb, R->backend, R->test,
+                   R->ms_per_token, R->tps, R->tps_sd, R->gbps, R->pct_bw, R->device, R->read_bw / 1e9, mpk_version());
+        }
+    } else {
+        printf("[\n");
+        for (int i = 0; i < nres; i++) {
+            result *R = &res[i];
+            printf("  {\"model\": \"%s\", \"size_gb\": %.4f, \"backend\": \"%s\", \"test\": \"%s\", \"ms_per_token\": %.4f, "
+                   "\"tokens_per_s\": %.3f, \"tokens_per_s_sd\": %.3f, \"gb_per_s\": %.2f, \"pct_read_bw\": %.2f, "
+                   "\"device\": \"%s\", \"read_bw_gb_per_s\": %.2f, \"version\": \"%s\"}%s\n",
+                   R->model, R->size_gb, R->backend, R->test, R->ms_per_token, R->tps, R->tps_sd, R->gbps, R->pct_bw,
+                   R->device, R->read_bw / 1e9, mpk_version(), i + 1 < nres ? "," : "");
+        }
+        printf("]\n");
+    }
+    return rc;
+}
