@@ -61,6 +61,7 @@ test: $(BUILD)/test_mpk $(BUILD)/mpk
 	$(BUILD)/test_mpk --jobs $(TEST_JOBS) $(TEST_ARGS)
 
 asan:
+	LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp UBSAN_OPTIONS=print_stacktrace=1 \
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	    LDFLAGS="-fsanitize=address,undefined" test
 

@@ -38,6 +38,16 @@ static mpk_bf16 *rnd(int n, double scale, double offset) {
 static double bf(mpk_bf16 x) { return mpk_bf16_to_f32(x); }
 static double r16(double x) { return mpk_round_bf16((float)x); }
 
+static void free_weights(weights *w) {
+    free(w->emb);
+    free(w->final_norm);
+    free(w->lm_head);
+    for (int l = 0; l < NL; l++) {
+        free(w->in_norm[l]); free(w->qkv[l]); free(w->q_norm[l]); free(w->k_norm[l]);
+        free(w->o[l]); free(w->post_norm[l]); free(w->gu[l]); free(w->down[l]);
+    }
+}
+
 static void make_weights(weights *w) {
     w->emb = rnd(V * H, 1.0, 0);
     w->final_norm = rnd(H, 0.1, 1);
@@ -308,4 +318,5 @@ Test(qwen3_layers, matches_reference_and_is_deterministic, .timeout = 120) {
                       "config %zu: request %d differs", c, r);
         }
     }
+    free_weights(&w);
 }

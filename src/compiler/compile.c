@@ -271,13 +271,13 @@ static mpk_status build_graph(compiler *c) {
     for (int32_t t = 0; t < n; t++) {
         int64_t b = c->dep_begin[t], e = c->dep_begin[t + 1];
         int32_t layer = (int32_t)k->recs[t].desc.layer;
-        uint64_t h = hash_set(layer, c->deps.v + b, e - b);
+        uint64_t h = hash_set(layer, e > b ? c->deps.v + b : NULL, e - b);
         int64_t slot = (int64_t)(h & (uint64_t)(hcap - 1));
         int32_t found = -1;
         while (htab[slot] >= 0) {
             event_key *q = &keys[htab[slot]];
             if (q->hash == h && q->layer == layer && q->end - q->begin == e - b &&
-                memcmp(c->deps.v + q->begin, c->deps.v + b, (size_t)(e - b) * sizeof(int32_t)) == 0) {
+                (e == b || memcmp(c->deps.v + q->begin, c->deps.v + b, (size_t)(e - b) * sizeof(int32_t)) == 0)) {
                 found = htab[slot];
                 break;
             }

@@ -7,7 +7,7 @@
 
 #include "tokenizer/tok_internal.h"
 
-// ---- the heap of candidate merges ----------------------------------------------------------------
+// ---- the heap of candidate merges ---------------------------------------------------------------
 
 // Key = rank << 32 | position of the left symbol: the smallest key is the lowest rank, and among
 // equal ranks the leftmost pair, which is the order Hugging Face applies merges in.
@@ -51,7 +51,7 @@ static uint64_t heap_pop(heap *h) {
     return top;
 }
 
-// ---- symbols -------------------------------------------------------------------------------------
+// ---- symbols ------------------------------------------------------------------------------------
 
 // A doubly linked list over an array: merging symbol i with its right neighbour j keeps i (with
 // the merged id) and unlinks j, so positions stay stable for the heap keys.
@@ -108,7 +108,7 @@ oom:
     return -1;
 }
 
-// ---- one word ------------------------------------------------------------------------------------
+// ---- one word -----------------------------------------------------------------------------------
 
 // Appends the initial symbol for one character (or byte). Unknown characters become the unk token
 // (consecutive ones fused when fuse_unk) or are dropped when the model has none, as in HF.

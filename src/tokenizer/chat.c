@@ -7,7 +7,7 @@
 
 #include "tokenizer/tok_internal.h"
 
-// ---- Python string semantics the templates rely on -----------------------------------------------
+// ---- Python string semantics the templates rely on ----------------------------------------------
 
 typedef struct str {
     const char *p;
@@ -87,7 +87,7 @@ static int role_is(const mpk_chat_message *m, const char *role) {
     return m->role && strcmp(m->role, role) == 0;
 }
 
-// ---- output --------------------------------------------------------------------------------------
+// ---- output -------------------------------------------------------------------------------------
 
 typedef struct out {
     tok_buf b;
@@ -112,7 +112,7 @@ static mpk_status finish(out *o, char **result) {
     return MPK_OK;
 }
 
-// ---- Qwen3 ---------------------------------------------------------------------------------------
+// ---- Qwen3 --------------------------------------------------------------------------------------
 
 // The reasoning and the answer of an assistant turn. With no separate reasoning_content, the text
 // before the first "</think>" (after the last "<think>" in it) is the reasoning, and the text after
@@ -194,7 +194,7 @@ static mpk_status render_qwen3(const mpk_chat_message *msgs, int n, int add_gene
     return finish(&o, result);
 }
 
-// ---- Llama 3 -------------------------------------------------------------------------------------
+// ---- Llama 3 ------------------------------------------------------------------------------------
 
 static void llama3_turn(out *o, const char *role, const char *content) {
     put(o, "<|start_header_id|>");
@@ -240,7 +240,7 @@ static mpk_status render_llama3_0(const mpk_chat_message *msgs, int n, int add_g
     return finish(&o, result);
 }
 
-// ---- public --------------------------------------------------------------------------------------
+// ---- public -------------------------------------------------------------------------------------
 
 mpk_chat_options mpk_chat_default_options(void) {
     return (mpk_chat_options){.add_generation_prompt = 1, .enable_thinking = 1, .date_string = NULL};

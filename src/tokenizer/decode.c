@@ -8,7 +8,7 @@
 
 #include "tokenizer/tok_internal.h"
 
-// ---- one token's bytes ---------------------------------------------------------------------------
+// ---- one token's bytes --------------------------------------------------------------------------
 
 // Appends the bytes id stands for. Returns 0, 1 when the id is skipped (unknown, or special with
 // skip_special), -1 when out of memory. `first` tells whether a token was emitted before (for the
@@ -42,7 +42,7 @@ static int token_bytes(const mpk_tokenizer *tok, int32_t id, int skip_special, i
     return 0;
 }
 
-// ---- whole sequences -----------------------------------------------------------------------------
+// ---- whole sequences ----------------------------------------------------------------------------
 
 mpk_status mpk_tokenizer_decode(const mpk_tokenizer *tok, const int32_t *ids, size_t n,
                                 int skip_special, char **out, size_t *out_len) {
@@ -72,7 +72,7 @@ mpk_status mpk_tokenizer_decode(const mpk_tokenizer *tok, const int32_t *ids, si
     return MPK_OK;
 }
 
-// ---- streaming -----------------------------------------------------------------------------------
+// ---- streaming ----------------------------------------------------------------------------------
 
 struct mpk_tokenizer_stream {
     const mpk_tokenizer *tok;

@@ -13,7 +13,7 @@
 // Ids above this are refused: they would size the per-id tables, and no real vocabulary is near.
 #define TOK_MAX_ID (1 << 24)
 
-// ---- arena ---------------------------------------------------------------------------------------
+// ---- arena --------------------------------------------------------------------------------------
 
 const char *tok_arena_strdup(mpk_tokenizer *tok, const char *s, size_t n) {
     if (tok->arena_used + n + 1 > tok->arena_cap) {
@@ -34,7 +34,7 @@ const char *tok_arena_strdup(mpk_tokenizer *tok, const char *s, size_t n) {
     return dst;
 }
 
-// ---- small JSON helpers --------------------------------------------------------------------------
+// ---- small JSON helpers -------------------------------------------------------------------------
 
 typedef struct loader {
     mpk_tokenizer *tok;
@@ -67,7 +67,7 @@ static int32_t json_id(const cJSON *v) {
     return (int32_t)d;
 }
 
-// ---- model (BPE) ---------------------------------------------------------------------------------
+// ---- model (BPE) --------------------------------------------------------------------------------
 
 static mpk_status set_id_token(loader *L, int32_t id, const char *s, size_t n, uint8_t kind) {
     mpk_tokenizer *tok = L->tok;
@@ -188,7 +188,7 @@ static mpk_status load_model(loader *L, const cJSON *model) {
     return MPK_OK;
 }
 
-// ---- added tokens --------------------------------------------------------------------------------
+// ---- added tokens -------------------------------------------------------------------------------
 
 static mpk_status load_added(loader *L, const cJSON *added) {
     mpk_tokenizer *tok = L->tok;
@@ -257,7 +257,7 @@ static mpk_status index_added(loader *L) {
     return MPK_OK;
 }
 
-// ---- normalizer ----------------------------------------------------------------------------------
+// ---- normalizer ---------------------------------------------------------------------------------
 
 static mpk_status load_normalizer(loader *L, const cJSON *n, int depth) {
     mpk_tokenizer *tok = L->tok;
@@ -287,7 +287,7 @@ static mpk_status load_normalizer(loader *L, const cJSON *n, int depth) {
          "and Sequence are)", L->name, type);
 }
 
-// ---- pre-tokenizers ------------------------------------------------------------------------------
+// ---- pre-tokenizers -----------------------------------------------------------------------------
 
 static mpk_status add_pretok(loader *L, tok_pretok p) {
     mpk_tokenizer *tok = L->tok;
@@ -366,7 +366,7 @@ static mpk_status load_pretok(loader *L, const cJSON *n, int depth) {
          "and Sequence are)", L->name, type);
 }
 
-// ---- post-processor ------------------------------------------------------------------------------
+// ---- post-processor -----------------------------------------------------------------------------
 
 // Ids of a TemplateProcessing special token by name, appended to ids[*n].
 static mpk_status template_special(loader *L, const cJSON *specials, const char *name, int32_t *ids,
@@ -457,7 +457,7 @@ static mpk_status load_post(loader *L, const cJSON *n) {
     return MPK_OK;
 }
 
-// ---- decoder -------------------------------------------------------------------------------------
+// ---- decoder ------------------------------------------------------------------------------------
 
 static mpk_status load_decoder(loader *L, const cJSON *n) {
     mpk_tokenizer *tok = L->tok;
@@ -472,7 +472,7 @@ static mpk_status load_decoder(loader *L, const cJSON *n) {
          type ? type : "(no type)");
 }
 
-// ---- the whole file ------------------------------------------------------------------------------
+// ---- the whole file -----------------------------------------------------------------------------
 
 static const char *const EOS_GUESSES[] = {"<|im_end|>", "<|eot_id|>", "<|endoftext|>",
                                           "<|end_of_text|>", "</s>", "<eos>"};
@@ -541,7 +541,7 @@ mpk_status mpk_tokenizer_load_from_memory(const char *json, size_t len, const ch
     return MPK_OK;
 }
 
-// ---- files ---------------------------------------------------------------------------------------
+// ---- files --------------------------------------------------------------------------------------
 
 // Reads a whole file; NULL with errno set on failure.
 static char *read_file(const char *path, size_t *len) {
@@ -704,7 +704,7 @@ void mpk_tokenizer_free(mpk_tokenizer *tok) {
     free(tok);
 }
 
-// ---- queries -------------------------------------------------------------------------------------
+// ---- queries ------------------------------------------------------------------------------------
 
 int32_t mpk_tokenizer_vocab_size(const mpk_tokenizer *tok) {
     return tok ? tok->num_ids : 0;

@@ -8,7 +8,7 @@
 
 #include "tokenizer/tok_internal.h"
 
-// ---- added-token trie ----------------------------------------------------------------------------
+// ---- added-token trie ---------------------------------------------------------------------------
 
 int tok_trie_add(tok_trie *t, const char *s, size_t len, int32_t added_index) {
     if (t->cap_nodes == 0) {
@@ -97,7 +97,7 @@ static int32_t next_added(const mpk_tokenizer *tok, const tok_trie *t, const cha
     return -1;
 }
 
-// ---- normalizers ---------------------------------------------------------------------------------
+// ---- normalizers --------------------------------------------------------------------------------
 
 static int all_ascii(const char *s, size_t n) {
     for (size_t i = 0; i < n; i++)
@@ -130,20 +130,70 @@ mpk_status tok_normalize(const mpk_tokenizer *tok, const char *s, size_t n, tok_
     return MPK_OK;
 }
 
-// ---- regexes -------------------------------------------------------------------------------------
+// ---- regexes ------------------------------------------------------------------------------------
+
+// Hugging Face compiles these patterns with Oniguruma, whose \s is exactly Unicode's White_Space;
+// PCRE2's \s (with UCP) adds U+180E MONGOLIAN VOWEL SEPARATOR. Spelling \s and \S out as
+// White_Space makes both engines split alike. Inside a class \s becomes the member list (\S
+// there is left to PCRE2: no tokenizer we know writes it).
+#define WHITE_SPACE "\\t\\n\\x0B\\f\\r\\x20\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}" \
+                    "\\x{202F}\\x{205F}\\x{3000}"
+
+static int rewrite_spaces(const char *p, size_t n, tok_buf *out) {
+    int in_class = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        const char *put = NULL;
+        size_t skip = 1;
+        if (c == '\\' && i + 1 < n) {
+            char e = p[i + 1];
+            skip = 2;
+            if (e == 's') put = in_class ? WHITE_SPACE : "[" WHITE_SPACE "]";
+            else if (e == 'S' && !in_class) put = "[^" WHITE_SPACE "]";
+        } else if (c == '[' && !in_class) {
+            // A ']' right after '[' or '[^' is a literal member, not the end.
+            in_class = 1;
+            size_t j = i + 1;
+            if (j < n && p[j] == '^') j++;
+            if (j < n && p[j] == ']') j++;
+            skip = j - i;
+        } else if (c == '[' && in_class && i + 1 < n && p[i + 1] == ':') {
+            const char *end = strstr(p + i, ":]");  // a POSIX class such as [:alpha:]
+            skip = end && (size_t)(end - p) < n ? (size_t)(end - p) - i + 2 : 1;
+        } else if (c == ']' && in_class) {
+            in_class = 0;
+        }
+        int rc = put ? tok_buf_append(out, put, strlen(put)) : tok_buf_append(out, p + i, skip);
+        if (rc != 0) return -1;
+        i += skip - 1;
+    }
+    return 0;
+}
 
 pcre2_code *tok_regex_compile(const char *pattern, size_t len, int literal, char *err,
                               size_t err_len) {
     int code;
     PCRE2_SIZE offset;
+    tok_buf rewritten = {0};
+    if (!literal) {
+        if (rewrite_spaces(pattern, len, &rewritten) != 0) {
+            free(rewritten.data);
+            tok_errorf(err, err_len, "out of memory compiling a regex");
+            return NULL;
+        }
+    }
+    const char *src = literal ? pattern : rewritten.data;
+    size_t src_len = literal ? len : rewritten.len;
     // A literal takes no UCP (PCRE2 refuses the combination; it has no classes to affect).
     uint32_t opts = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, len, opts, &code, &offset, NULL);
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)(src ? src : ""), src_len, opts, &code, &offset, NULL);
+    free(rewritten.data);
     if (!re) {
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(code, msg, sizeof msg);
-        tok_errorf(err, err_len, "regex /%.*s/ does not compile at offset %zu: %s",
-                   (int)(len > 200 ? 200 : len), pattern, (size_t)offset, (const char *)msg);
+        (void)offset;  // an offset into the rewritten pattern would mislead
+        tok_errorf(err, err_len, "regex /%.*s/ does not compile: %s", (int)(len > 200 ? 200 : len),
+                   pattern, (const char *)msg);
         return NULL;
     }
     // JIT is an optimisation: where it is unavailable the interpreter gives the same matches.
@@ -151,7 +201,7 @@ pcre2_code *tok_regex_compile(const char *pattern, size_t len, int literal, char
     return re;
 }
 
-// ---- pre-token lists -----------------------------------------------------------------------------
+// ---- pre-token lists ----------------------------------------------------------------------------
 
 // Pre-tokens are byte ranges of one work buffer (steps may append to it, so offsets, not
 // pointers).
@@ -370,7 +420,7 @@ mpk_status tok_encode_text(const mpk_tokenizer *tok, const char *s, size_t n, to
     return st;
 }
 
-// ---- public encode -------------------------------------------------------------------------------
+// ---- public encode ------------------------------------------------------------------------------
 
 mpk_status mpk_tokenizer_encode(const mpk_tokenizer *tok, const char *text, size_t len,
                                 int add_special, int32_t **ids, int32_t *n) {

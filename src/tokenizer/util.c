@@ -7,7 +7,7 @@
 
 #include "tokenizer/tok_internal.h"
 
-// ---- errors --------------------------------------------------------------------------------------
+// ---- errors -------------------------------------------------------------------------------------
 
 void tok_errorf(char *err, size_t err_len, const char *fmt, ...) {
     if (!err || err_len == 0) return;
@@ -17,7 +17,7 @@ void tok_errorf(char *err, size_t err_len, const char *fmt, ...) {
     va_end(ap);
 }
 
-// ---- hashing -------------------------------------------------------------------------------------
+// ---- hashing ------------------------------------------------------------------------------------
 
 // 64-bit FNV-1a over 8-byte words with a final mix: tokens are short, so speed is in the setup,
 // not the loop. The mix spreads the low bits, which pick the slot.
@@ -52,7 +52,7 @@ static size_t capacity_for(size_t expected) {
     return cap;
 }
 
-// ---- string → int32 ------------------------------------------------------------------------------
+// ---- string → int32 -----------------------------------------------------------------------------
 
 int tok_strmap_init(tok_strmap *m, size_t expected) {
     size_t cap = capacity_for(expected);
@@ -110,7 +110,7 @@ int32_t tok_strmap_get(const tok_strmap *m, const char *key, size_t len) {
     }
 }
 
-// ---- uint64 → uint64 -----------------------------------------------------------------------------
+// ---- uint64 → uint64 ----------------------------------------------------------------------------
 
 int tok_u64map_init(tok_u64map *m, size_t expected) {
     size_t cap = capacity_for(expected);
@@ -175,7 +175,7 @@ int tok_u64map_get(const tok_u64map *m, uint64_t key, uint64_t *value) {
     }
 }
 
-// ---- buffers -------------------------------------------------------------------------------------
+// ---- buffers ------------------------------------------------------------------------------------
 
 int tok_buf_reserve(tok_buf *b, size_t extra) {
     if (b->len + extra + 1 <= b->cap) return 0;
@@ -208,7 +208,7 @@ int tok_ids_push(tok_ids *v, int32_t id) {
     return 0;
 }
 
-// ---- UTF-8 ---------------------------------------------------------------------------------------
+// ---- UTF-8 --------------------------------------------------------------------------------------
 
 size_t tok_utf8_next(const char *s, size_t n, uint32_t *cp) {
     const uint8_t *u = (const uint8_t *)s;
@@ -334,7 +334,7 @@ int tok_utf8_lossy(tok_utf8_state *st, const char *s, size_t n, int final, tok_b
     return 0;
 }
 
-// ---- GPT-2 byte-level alphabet -------------------------------------------------------------------
+// ---- GPT-2 byte-level alphabet ------------------------------------------------------------------
 
 // Bytes that are printable Latin-1 characters stand for themselves; the other 68 bytes (controls,
 // space, 0x7F-0xA0, 0xAD) stand for U+0100, U+0101, ... in byte order. So every byte string maps

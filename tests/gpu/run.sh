@@ -1,0 +1,36 @@
+#!/bin/sh
+# run.sh — the one GPU script: run ON THE GPU MACHINE from the repository root. Builds the
+# library and the tests, runs tests/gpu/test_gpu.c (every CUDA task kernel against the CPU
+# oracle, small models under every scheduling mode, run-to-run determinism, the forced-stall
+# report) and prints a short table last. Logs go to $OUT when set (else build/gpu-out).
+# Megakernels built on a machine without a GPU (`build/test_gpu --compile` with
+# MPK_CACHE_DIR=build/gpucache) can travel in build/gpucache to skip nvcc here.
+set -u
+OUT=${OUT:-build/gpu-out}
+mkdir -p "$OUT"
+export MPK_CACHE_DIR="${MPK_CACHE_DIR:-$PWD/build/gpucache}"
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1
+cat "$OUT/gpu.txt"
+
+# The GPU machine's image has no cJSON/PCRE2/utf8proc: tests/gpu/deps.sh copies them here.
+DEPS=""
+if [ -d build/gpudeps ]; then
+    DEPS="-I$PWD/build/gpudeps/include -I$PWD/build/gpudeps/include/cjson"
+    export LIBRARY_PATH="$PWD/build/gpudeps/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
+    export LD_LIBRARY_PATH="$PWD/build/gpudeps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+rm -rf build/src build/gen build/libmpk.a
+if ! make -j16 all build/test_mpk EXTRA_CFLAGS="$DEPS" > "$OUT/build.log" 2>&1; then
+    echo "make all build/test_mpk failed (see build.log); building the library alone"
+    grep -m3 -E 'error|Error' "$OUT/build.log"
+    make -j16 lib EXTRA_CFLAGS="$DEPS" >> "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+fi
+cc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Iinclude -Isrc $DEPS tests/gpu/test_gpu.c build/libmpk.a \
+    -lcjson -lpcre2-8 -lutf8proc -ldl -lm -pthread -o build/test_gpu >> "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+
+status=0
+timeout 500 build/test_gpu > "$OUT/test_gpu.log" 2>&1 || status=$?
+grep -v '^  \[mpk\]' "$OUT/test_gpu.log" | grep -v '^PASS' | tail -60
+echo "test_gpu exit status $status"
+exit $status
