@@ -96,9 +96,16 @@ static void free_ref(ref_data *r) {
     }
 }
 
+// The backend under test: the CPU unless MPK_E2E_BACKEND=cuda (tests/gpu/run.sh sets it).
+static mpk_backend e2e_backend(void) {
+    const char *b = getenv("MPK_E2E_BACKEND");
+    return b && !strcmp(b, "cuda") ? MPK_BACKEND_CUDA : MPK_BACKEND_CPU;
+}
+
 static mpk_kernel *fixture_kernel(mpk_model *m, int32_t workers) {
     mpk_kernel_params p = mpk_kernel_default_params();
-    p.backend = MPK_BACKEND_CPU;
+    p.backend = e2e_backend();
+    p.max_requests = 2;
     p.num_workers = workers;
     p.max_batched_tokens = 32;  // a whole prompt in the first iteration
     p.max_seq_len = 64;
@@ -111,9 +118,15 @@ static mpk_kernel *fixture_kernel(mpk_model *m, int32_t workers) {
     return k;
 }
 
+static void check_model_dir(const char *dir, const char *name);
+
 static void check_fixture(const char *name) {
     char dir[256];
     snprintf(dir, sizeof dir, FIXTURES "/%s", name);
+    check_model_dir(dir, name);
+}
+
+static void check_model_dir(const char *dir, const char *name) {
     ref_data r;
     read_ref(dir, &r);
     mpk_model *m = NULL;
@@ -125,7 +138,11 @@ static void check_fixture(const char *name) {
                  err);
     free(lp);
     const int64_t V = mpk_model_get_config(m)->vocab_size;
-    mpk_kernel *k = fixture_kernel(m, 3);
+    // Worker counts: 3 and 7 on the CPU; tests/gpu/run.sh picks GPU ones (MPK_E2E_WORKERS="a b").
+    int32_t wa = 3, wb = 7;
+    const char *ws = getenv("MPK_E2E_WORKERS");
+    if (ws && sscanf(ws, "%d %d", &wa, &wb) != 2) wa = 3, wb = 7;
+    mpk_kernel *k = fixture_kernel(m, wa);
     mpk_tensor *logits;
     cr_assert_eq(mpk_tensor_find(k, "logits", &logits), MPK_OK);
     uint16_t *got = malloc((size_t)(32 * V) * 2);  // (max_batched_tokens, V)
@@ -174,7 +191,7 @@ static void check_fixture(const char *name) {
         // Other worker counts give other grids; each output column is computed the same way
         // whatever the slicing, so the logits must be bitwise identical.
         if (i == 0) {
-            mpk_kernel *k7 = fixture_kernel(m, 7);
+            mpk_kernel *k7 = fixture_kernel(m, wb);
             mpk_tensor *logits7;
             uint16_t *got7 = malloc((size_t)(32 * V) * 2);
             cr_assert_eq(mpk_tensor_find(k7, "logits", &logits7), MPK_OK);
@@ -182,7 +199,7 @@ static void check_fixture(const char *name) {
             cr_assert_eq(mpk_run(k7, NULL, NULL), MPK_OK, "%s", mpk_last_error(k7));
             cr_assert_eq(mpk_tensor_read(k7, logits7, got7, (size_t)(32 * V) * 2), MPK_OK);
             cr_expect(memcmp(got, got7, (size_t)(L * V) * 2) == 0,
-                      "%s: logits differ between 3 and 7 workers", name);
+                      "%s: logits differ between %d and %d workers", name, wa, wb);
             free(got7);
             mpk_kernel_free(k7);
         }
@@ -205,12 +222,52 @@ static void check_fixture(const char *name) {
         cr_log_info("%s prompt %d: %d of %d greedy tokens identical", name, i, same,
                     r.new_tokens);
     }
+    // Two requests of different lengths in one batch: each row is computed on its own, so each
+    // request's tokens equal those it produced alone.
+    if (r.num_prompts >= 2) {
+        int32_t alone[2][64];
+        for (int i = 0; i < 2; i++) {
+            const int32_t *toks;
+            int32_t plen, total;
+            cr_assert_eq(mpk_request_clear(k), MPK_OK);
+            cr_assert_eq(mpk_request_add(k, r.prompt[i], r.prompt_len[i], r.new_tokens, NULL, NULL), MPK_OK);
+            cr_assert_eq(mpk_run(k, NULL, NULL), MPK_OK, "%s", mpk_last_error(k));
+            cr_assert_eq(mpk_request_tokens(k, 0, &toks, &plen, &total), MPK_OK);
+            memcpy(alone[i], toks + plen, (size_t)r.new_tokens * sizeof(int32_t));
+        }
+        cr_assert_eq(mpk_request_clear(k), MPK_OK);
+        for (int i = 0; i < 2; i++)
+            cr_assert_eq(mpk_request_add(k, r.prompt[i], r.prompt_len[i], r.new_tokens, NULL, NULL), MPK_OK);
+        cr_assert_eq(mpk_run(k, NULL, NULL), MPK_OK, "%s", mpk_last_error(k));
+        for (int i = 0; i < 2; i++) {
+            const int32_t *toks;
+            int32_t plen, total;
+            cr_assert_eq(mpk_request_tokens(k, i, &toks, &plen, &total), MPK_OK);
+            cr_expect(memcmp(toks + plen, alone[i], (size_t)r.new_tokens * sizeof(int32_t)) == 0,
+                      "%s: request %d decoded in a batch of two differs from decoding alone", name, i);
+        }
+    }
     free(got);
     free(row);
     mpk_kernel_free(k);
     mpk_st_close(lf);
     mpk_model_free(m);
     free_ref(&r);
+}
+
+// Models written by tests/gpu/make_real_models.py (real configs, random weights) into the
+// directory $MPK_E2E_DIR; run by tests/gpu/run.sh on the GPU machine.
+Test(model, e2e_real_configs, .timeout = 1800) {
+    const char *root = getenv("MPK_E2E_DIR");
+    if (!root) cr_skip_test("MPK_E2E_DIR is not set: real-config models are checked by tests/gpu/run.sh");
+    const char *names = getenv("MPK_E2E_MODELS");
+    char list[512];
+    snprintf(list, sizeof list, "%s", names ? names : "qwen3-0.6b llama-3.2-1b qwen3-8b");
+    for (char *save = NULL, *n = strtok_r(list, " ", &save); n; n = strtok_r(NULL, " ", &save)) {
+        char dir[1024];
+        snprintf(dir, sizeof dir, "%s/%s", root, n);
+        check_model_dir(dir, n);
+    }
 }
 
 Test(model, e2e_qwen3_tiny) { check_fixture("qwen3-tiny"); }

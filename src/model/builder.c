@@ -6,7 +6,7 @@
 #include <math.h>
 #include <stdio.h>
 
-#include "core/internal.h"  // only for kernel->params: page_size, num_pages, num_workers
+#include "core/internal.h"  // mpk_fail: errors land on the kernel like the layer functions' do
 #include "model/model_internal.h"
 
 mpk_build_options mpk_build_default_options(void) {
@@ -144,7 +144,7 @@ mpk_status mpk_model_build(mpk_model *m, mpk_kernel *k, const mpk_build_options 
     if (!m) return mpk_fail(k, MPK_ERR_INVALID_ARG, "mpk_model_build: model is NULL");
     mpk_build_options o = opt ? *opt : mpk_build_default_options();
     const mpk_model_config *c = &m->cfg;
-    const mpk_kernel_params *p = &k->params;
+    const mpk_kernel_params *p = mpk_kernel_get_params(k);
     build_ctx b = {
         .k = k, .m = m, .T = p->max_batched_tokens, .P = p->num_pages, .S = p->page_size,
         .W = o.num_workers_hint > 0 ? o.num_workers_hint

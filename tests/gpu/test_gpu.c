@@ -520,6 +520,23 @@ static void run_case(gcase *c, const char *label, int workers, int schedulers, i
     if (!st) st = run_once(gpu, c, &o1);
     if (!st) st = run_once(gpu, c, &o2);
     c->params.jit_dispatch = 0;
+    if (!st && c->params.profiling) {  // one record per task and iteration, times in order
+        const mpk_profile_record *rec;
+        int64_t n = 0;
+        int over = 0, bad = 0;
+        mpk_graph_stats gs;
+        mpk_run_stats rs;
+        mpk_profile_get(gpu, &rec, &n, &over);
+        mpk_graph_get_stats(gpu, &gs);
+        mpk_run_get_stats(gpu, &rs);
+        for (int64_t i = 0; i < n; i++)
+            bad += rec[i].end_ns < rec[i].start_ns || rec[i].wait_ns < 0 || rec[i].task < 0 ||
+                   rec[i].task >= gs.num_tasks || rec[i].iteration < 1 || rec[i].iteration > rs.iterations;
+        char pn[80];
+        snprintf(pn, sizeof pn, "%s profile", name);
+        record(pn, !over && !bad && n == (int64_t)gs.num_tasks * rs.iterations,
+               "%lld records = %d tasks x %d iterations, %d bad", (long long)n, gs.num_tasks, rs.iterations, bad);
+    }
     if (st) {
         record(name, 0, "GPU: %s", gpu ? mpk_last_error(gpu) : mpk_status_string(st));
         goto done;
@@ -716,9 +733,10 @@ int main(int argc, char **argv) {
         free_case(&c);
     }
     // Random small models under each scheduling mode.
-    struct { const char *label; int workers, sched, jit; } modes[] = {
-        {" static/all SMs", 0, 0, 0}, {" static/5 workers", 5, 0, 0},
-        {" 2 schedulers AOT", 0, 2, 0}, {" 5 schedulers JIT", 0, 5, 1}, {" 3 workers 1 sched JIT", 3, 1, 1},
+    struct { const char *label; int workers, sched, jit, prof; } modes[] = {
+        {" static/all SMs", 0, 0, 0, 0}, {" static/5 workers", 5, 0, 0, 0},
+        {" 1 scheduler AOT (default)", 0, 1, 0, 1}, {" 2 schedulers AOT", 0, 2, 0, 0},
+        {" 5 schedulers JIT", 0, 5, 1, 1}, {" 3 workers 1 sched JIT", 3, 1, 1, 0},
     };
     for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
         gcase c = {0};
@@ -728,6 +746,8 @@ int main(int argc, char **argv) {
         c.prompts[0].max_new = 6;
         c.prompts[1].max_new = 4;
         case_model(&c, MODEL_SHAPE);  // one shape and grid: one build serves every mode
+        c.params.profiling = modes[m].prof;
+        c.params.profile_capacity = 4096;
         run_case(&c, modes[m].label, modes[m].workers, modes[m].sched, modes[m].jit);
         free_case(&c);
     }

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+# torch_baseline.py — the baseline mpk is measured against: Hugging Face transformers with a static
+# KV cache and torch.compile(mode="reduce-overhead") (CUDA graphs), batch 1, bf16, random weights
+# with the real configs. Decode time per token = (time of generate(N2) - time of generate(N1)) /
+# (N2 - N1), so prefill and per-call overhead cancel. Prints one JSON object per model.
+#
+#   python3 bench/torch_baseline.py [qwen3-0.6b qwen3-1.7b qwen3-8b llama-3.2-1b] [--tokens 128]
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
+
+V5 = int(transformers.__version__.split(".")[0]) >= 5
+DTYPE_KW = "dtype" if V5 else "torch_dtype"
+
+
+def rope(theta, scaling=None):
+    p = {"rope_type": "default", "rope_theta": theta}
+    if scaling:
+        p.update(scaling)
+    if V5:
+        return {"rope_parameters": p}
+    d = {"rope_theta": theta}
+    if scaling:
+        d["rope_scaling"] = scaling
+    return d
+
+
+def config(name):
+    q = dict(vocab_size=151936, head_dim=128, rms_norm_eps=1e-6, max_position_embeddings=40960, **rope(1e6))
+    if name == "qwen3-0.6b":
+        return Qwen3Config(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                           num_key_value_heads=8, tie_word_embeddings=True, **q)
+    if name == "qwen3-1.7b":
+        return Qwen3Config(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+                           num_key_value_heads=8, tie_word_embeddings=True, **q)
+    if name == "qwen3-8b":
+        return Qwen3Config(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                           num_key_value_heads=8, tie_word_embeddings=False, **q)
+    if name == "llama-3.2-1b":
+        return LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                           num_attention_heads=32, num_key_value_heads=8, head_dim=64, rms_norm_eps=1e-5,
+                           max_position_embeddings=131072, tie_word_embeddings=True,
+                           **rope(500000.0, {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}))
+    raise SystemExit(f"unknown model {name}")
+
+
+@torch.no_grad()
+def measure(name, tokens, reps):
+    cfg = config(name)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(cfg, **{DTYPE_KW: torch.bfloat16})
+    model.eval()
+    for p in model.parameters():
+        p.normal_(0, 0.02)
+    model.generation_config.cache_implementation = "static"
+    model.generation_config.pad_token_id = 0
+    model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+    ids = torch.randint(3, 1000, (1, 8), device="cuda")
+
+    def gen(n):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    short, long_ = 16, 16 + tokens
+    for _ in range(3):  # compile and capture graphs for every shape first
+        gen(short)
+        gen(long_)
+    per_token = []
+    for _ in range(reps):
+        per_token.append((gen(long_) - gen(short)) / tokens)
+    ms = 1e3 * statistics.median(per_token)
+    n_params = sum(p.numel() for p in model.parameters())
+    del model
+    torch.cuda.empty_cache()
+    return {"model": name, "framework": "torch.compile reduce-overhead, static cache", "ms_per_token": round(ms, 4),
+            "tokens_per_s": round(1e3 / ms, 2), "spread_ms": round(1e3 * (max(per_token) - min(per_token)), 4),
+            "params": n_params, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "transformers": transformers.__version__}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="*", default=["qwen3-0.6b", "qwen3-1.7b", "qwen3-8b"])
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=3)
+    a = ap.parse_args()
+    for m in a.models:
+        print(json.dumps(measure(m, a.tokens, a.reps)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
