@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/internal.h"  // the backend's device_info (name, streaming-read bandwidth)
 #include "mpk.h"
 
 // ---- reporting ----------------------------------------------------------------------------------
@@ -594,6 +595,12 @@ static void stall_test(void) {
     if (st) {
         record("stall/timeout", 0, "GPU: %s", gpu ? mpk_last_error(gpu) : mpk_status_string(st));
         goto done;
+    }
+    {
+        char dev[128] = "";
+        double bw = 0;
+        mpk_status bs = gpu->backend->device_info ? gpu->backend->device_info(gpu, dev, sizeof dev, &bw) : MPK_ERR_UNSUPPORTED;
+        record("device/read bandwidth", bs == MPK_OK && bw > 1e11, "%s: %.2f TB/s streaming read", dev, bw / 1e12);
     }
     mpk_graph_stats gs;
     mpk_graph_get_stats(gpu, &gs);

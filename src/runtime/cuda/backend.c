@@ -108,6 +108,7 @@ typedef struct dev_api {
     int (*launch)(const mpk_dev_args *, int *);
     int (*poll)(int *);
     int (*sync)(void);
+    int (*read_bandwidth)(double *);  // optional
 } dev_api;
 
 typedef struct cuda_state {
@@ -201,6 +202,7 @@ static mpk_status open_library(mpk_kernel *k) {
             return mpk_fail(k, MPK_ERR_CUDA, "CUDA backend: %s lacks %s", s->so_path, syms[i].name);
         }
     }
+    s->api.read_bandwidth = (int (*)(double *))dlsym(s->so, "mpk_dev_read_bandwidth");
     if (s->api.abi_version() != MPK_DEV_ABI_VERSION)
         return mpk_fail(k, MPK_ERR_INTERNAL, "CUDA backend: %s has device ABI %d, the library %d",
                         s->so_path, s->api.abi_version(), MPK_DEV_ABI_VERSION);
@@ -650,6 +652,21 @@ static mpk_status cuda_tensor_write(mpk_kernel *k, mpk_tensor *t, const void *sr
     return MPK_OK;
 }
 
+// The device's name and the read bandwidth of a plain streaming kernel, measured now (the
+// reference for "% of bandwidth" in benchmarks).
+static mpk_status cuda_device_info(mpk_kernel *k, char *name, size_t name_len, double *read_bytes_per_s) {
+    cuda_state *s = state_of(k);
+    if (!s || s->compile_only || !s->so)
+        return mpk_fail(k, MPK_ERR_STATE, "CUDA backend: no device is loaded (compile-only kernel?)");
+    if (name && name_len) snprintf(name, name_len, "%s", s->info.name);
+    if (read_bytes_per_s) {
+        *read_bytes_per_s = 0;
+        if (!s->api.read_bandwidth) return mpk_fail(k, MPK_ERR_INTERNAL, "CUDA backend: the megakernel lacks mpk_dev_read_bandwidth");
+        DEV(s->api.read_bandwidth(read_bytes_per_s), "the streaming-read measurement");
+    }
+    return MPK_OK;
+}
+
 static void cuda_destroy(mpk_kernel *k) {
     cuda_state *s = state_of(k);
     if (!s) return;
@@ -684,6 +701,7 @@ const mpk_backend_ops *mpk_cuda_backend(void) {
         .tensor_read = cuda_tensor_read,
         .tensor_write = cuda_tensor_write,
         .destroy = cuda_destroy,
+        .device_info = cuda_device_info,
     };
     return &ops;
 }

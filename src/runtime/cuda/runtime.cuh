@@ -365,6 +365,25 @@ __global__ void __launch_bounds__(MPK_DEV_THREADS, 1) mpk_megakernel(const __gri
         mpk_scheduler(a, s);
 }
 
+// ---- the streaming-read reference (for bandwidth percentages in benchmarks) ----------------------
+
+// Sums a buffer with 16-byte loads, eight in flight per thread; one block per SM. The sum is
+// stored so the loads cannot be optimised away.
+__global__ void __launch_bounds__(1024) mpk_stream_read(const uint4 *p, size_t n, unsigned *sink) {
+    unsigned acc = 0;
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    for (; i + 7 * stride < n; i += 8 * stride) {
+        uint4 v[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) v[u] = __ldcs(p + i + u * stride);
+#pragma unroll
+        for (int u = 0; u < 8; u++) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+    }
+    for (; i < n; i += stride) acc ^= p[i].x;
+    if (acc == 0x12345678u) *sink = acc;
+}
+
 // ---- host ABI (extern "C", reached through dlsym) -------------------------------------------------
 
 static char mpk_dev_error_text[1024];
@@ -482,6 +501,39 @@ int mpk_dev_poll(int *done) {
     *done = e != cudaErrorNotReady;
     if (e == cudaErrorNotReady) return MPK_DEV_OK;
     MPK_CUDA_CHECK(e);
+    return MPK_DEV_OK;
+}
+
+// Read bandwidth of a plain streaming kernel over 1 GiB (median of 7 timed runs after a warm-up).
+int mpk_dev_read_bandwidth(double *bytes_per_s) {
+    const size_t bytes = (size_t)1 << 30;
+    void *buf = NULL;
+    unsigned *sink = NULL;
+    cudaEvent_t e0, e1;
+    int device = 0, sms = 0;
+    MPK_CUDA_CHECK(cudaGetDevice(&device));
+    MPK_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    MPK_CUDA_CHECK(cudaMalloc(&buf, bytes));
+    MPK_CUDA_CHECK(cudaMalloc(&sink, sizeof *sink));
+    MPK_CUDA_CHECK(cudaMemset(buf, 1, bytes));
+    MPK_CUDA_CHECK(cudaEventCreate(&e0));
+    MPK_CUDA_CHECK(cudaEventCreate(&e1));
+    float ms[8];
+    for (int r = 0; r < 8; r++) {
+        MPK_CUDA_CHECK(cudaEventRecord(e0, mpk_dev_stream));
+        mpk_stream_read<<<sms, 1024, 0, mpk_dev_stream>>>((const uint4 *)buf, bytes / 16, sink);
+        MPK_CUDA_CHECK(cudaGetLastError());
+        MPK_CUDA_CHECK(cudaEventRecord(e1, mpk_dev_stream));
+        MPK_CUDA_CHECK(cudaEventSynchronize(e1));
+        MPK_CUDA_CHECK(cudaEventElapsedTime(&ms[r], e0, e1));
+    }
+    for (int i = 1; i < 8; i++)  // sort runs 1..7 (run 0 is the warm-up)
+        for (int j = i; j > 1 && ms[j] < ms[j - 1]; j--) { float t = ms[j]; ms[j] = ms[j - 1]; ms[j - 1] = t; }
+    *bytes_per_s = (double)bytes / (1e-3 * (double)ms[4]);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    MPK_CUDA_CHECK(cudaFree(sink));
+    MPK_CUDA_CHECK(cudaFree(buf));
     return MPK_DEV_OK;
 }
 
