@@ -5,34 +5,60 @@
 
 // ---- the shared product -------------------------------------------------------------------------
 
-// Row by row; within a row, blocks of MPK_CPU_BLOCK columns over chunks of the input. The input
-// chunk is produced again only when it is not the one already in xbuf (K > MPK_CPU_CHUNK).
+// acc[k % LANES] += x[k] * w[k] with w already in floats: the same sums in the same order as
+// mpk_cpu_dot_accumulate, so a row gives the same bits whichever path computed it.
+static inline void dot_accumulate_f32(float acc[MPK_CPU_LANES], const float *x, const float *w,
+                                      int32_t len) {
+    int32_t k = 0;
+    for (; k + MPK_CPU_LANES <= len; k += MPK_CPU_LANES)
+        for (int i = 0; i < MPK_CPU_LANES; i++) acc[i] += x[k + i] * w[k + i];
+    for (; k < len; k++) acc[k % MPK_CPU_LANES] += x[k] * w[k];
+}
+
+// Rows in groups of MPK_CPU_ROWS; within a group, blocks of MPK_CPU_BLOCK columns over chunks of
+// the input. A group of several rows (prefill) converts each weight row chunk to floats once and
+// uses it for every row of the group, so weights are streamed once per group instead of once per
+// row; a single row (decode) converts on the fly. Input chunks are produced again only when they
+// are not the ones already loaded (K > MPK_CPU_CHUNK).
+#define MPK_CPU_ROWS 4
 void mpk_cpu_matvec(const mpk_cpu_rows *x, const mpk_bf16 *w, const mpk_bf16 *res,
                     mpk_bf16 *out, int32_t rows, int32_t K, int32_t n, int32_t ld_w,
                     int32_t ld_res, int32_t ld_out) {
-    float xbuf[MPK_CPU_CHUNK];                // (chunk) of the current input row
-    float acc[MPK_CPU_BLOCK][MPK_CPU_LANES];  // (block columns, lanes)
-    for (int32_t r = 0; r < rows; r++) {
+    static _Thread_local float xbuf[MPK_CPU_ROWS][MPK_CPU_CHUNK];          // (rows, chunk)
+    static _Thread_local float wbuf[MPK_CPU_CHUNK];                        // (chunk) of one weight row
+    static _Thread_local float acc[MPK_CPU_ROWS][MPK_CPU_BLOCK][MPK_CPU_LANES];
+    for (int32_t r0 = 0; r0 < rows; r0 += MPK_CPU_ROWS) {
+        int32_t nr = rows - r0 < MPK_CPU_ROWS ? rows - r0 : MPK_CPU_ROWS;
         int32_t loaded_k0 = -1;
-        if (x->begin) x->begin(x->ctx, r);
         for (int32_t j0 = 0; j0 < n; j0 += MPK_CPU_BLOCK) {
             int32_t nb = n - j0 < MPK_CPU_BLOCK ? n - j0 : MPK_CPU_BLOCK;
             memset(acc, 0, sizeof acc);
             for (int32_t k0 = 0; k0 < K; k0 += MPK_CPU_CHUNK) {
                 int32_t len = K - k0 < MPK_CPU_CHUNK ? K - k0 : MPK_CPU_CHUNK;
                 if (k0 != loaded_k0) {
-                    x->load(x->ctx, r, k0, len, xbuf);
+                    for (int32_t i = 0; i < nr; i++) {
+                        if (x->begin) x->begin(x->ctx, r0 + i);
+                        x->load(x->ctx, r0 + i, k0, len, xbuf[i]);
+                    }
                     loaded_k0 = k0;
                 }
-                for (int32_t jj = 0; jj < nb; jj++)
-                    mpk_cpu_dot_accumulate(acc[jj], xbuf, w + (int64_t)(j0 + jj) * ld_w + k0,
-                                           len);
+                for (int32_t jj = 0; jj < nb; jj++) {
+                    const mpk_bf16 *wr = w + (int64_t)(j0 + jj) * ld_w + k0;
+                    if (nr == 1) {
+                        mpk_cpu_dot_accumulate(acc[0][jj], xbuf[0], wr, len);
+                        continue;
+                    }
+                    for (int32_t k = 0; k < len; k++) wbuf[k] = mpk_bf16_to_f32(wr[k]);
+                    for (int32_t i = 0; i < nr; i++) dot_accumulate_f32(acc[i][jj], xbuf[i], wbuf, len);
+                }
             }
-            for (int32_t jj = 0; jj < nb; jj++) {
-                float s = mpk_cpu_lane_sum(acc[jj]);
-                if (res) s += mpk_bf16_to_f32(res[(int64_t)r * ld_res + j0 + jj]);
-                out[(int64_t)r * ld_out + j0 + jj] = mpk_f32_to_bf16(s);
-            }
+            for (int32_t i = 0; i < nr; i++)
+                for (int32_t jj = 0; jj < nb; jj++) {
+                    int64_t r = r0 + i;
+                    float s = mpk_cpu_lane_sum(acc[i][jj]);
+                    if (res) s += mpk_bf16_to_f32(res[r * ld_res + j0 + jj]);
+                    out[r * ld_out + j0 + jj] = mpk_f32_to_bf16(s);
+                }
         }
     }
 }
