@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # train_default_model.py — makes the bundled default model (models/default): a byte-level BPE
-# tokenizer and a tiny Qwen3 (4 layers, hidden 192, tied embeddings) trained for a few minutes on
+# tokenizer and a tiny Qwen3 (4 layers, hidden 192, tied embeddings) trained on about 12 MB of
 # public-domain English prose. See models/default/README.md for the corpus and the numbers.
 #
 # Two steps:
@@ -10,8 +10,10 @@
 #      Needs only the Python standard library.
 #   2. python3 tools/train_default_model.py --corpus .corpus/corpus.txt --out OUT --minutes 5
 #      (on a machine with a GPU, torch, transformers 5.x, tokenizers and safetensors; no network)
-#      trains the tokenizer and the model and writes config.json, model.safetensors (bf16),
-#      generation_config.json, tokenizer.json, tokenizer_config.json and train_log.txt into OUT.
+#      trains the tokenizer, then the model for --max-epochs passes (15: about 70 s on an H200;
+#      longer runs overfit, see the README) or --minutes, whichever ends first, and writes
+#      config.json, model.safetensors (bf16), generation_config.json, tokenizer.json,
+#      tokenizer_config.json and train_log.txt into OUT.
 # Everything is seeded; the GPU run asks torch for deterministic kernels where it has them.
 import argparse
 import glob
@@ -40,7 +42,7 @@ REF_PROMPT = "Once upon a time"
 REF_SENTENCE = "Call me Ishmael. The whale, he said, isn't 42 feet long—it's \"huge\"!"
 
 
-# ---- step 1: the corpus ---------------------------------------------------------------------------
+# ---- step 1: the corpus --------------------------------------------------------------------------
 
 def chapter_key(path):
     m = re.search(r"chapter_(\d+)\.txt$", path)
@@ -76,7 +78,7 @@ def prepare(node_modules, out_path):
           f"{len(speeches)} addresses), {os.path.getsize(out_path)} bytes")
 
 
-# ---- step 2a: the tokenizer -----------------------------------------------------------------------
+# ---- step 2a: the tokenizer ----------------------------------------------------------------------
 
 def read_docs(path):
     text = open(path, encoding="utf-8").read()
@@ -120,7 +122,7 @@ def tokenizer_config(eot_id):
     }
 
 
-# ---- step 2b: the model ---------------------------------------------------------------------------
+# ---- step 2b: the model --------------------------------------------------------------------------
 
 def build_model(eot_id):
     import transformers
@@ -150,7 +152,8 @@ def main():
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--out")
     ap.add_argument("--minutes", type=float, default=5.0, help="wall-clock limit of the training")
-    ap.add_argument("--max-epochs", type=float, default=60.0)
+    ap.add_argument("--max-epochs", type=float, default=15.0,
+                    help="passes over the training tokens; past ~13 the held-out loss rises")
     ap.add_argument("--batch", type=int, default=128, help="sequences per step")
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-3)

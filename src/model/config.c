@@ -272,7 +272,7 @@ mpk_status mpk_read_text_file(const char *path, const char *label, char **out, s
     *out = NULL;
     FILE *f = fopen(path, "rb");
     if (!f) {
-        mpk_model_seterr(err, err_len, "%s: cannot open: %s", label, strerror(errno));
+        mpk_model_seterr(err, err_len, "%s: cannot open %s: %s", label, path, strerror(errno));
         return errno == ENOENT ? MPK_ERR_NOT_FOUND : MPK_ERR_IO;
     }
     size_t cap = 4096, n = 0;

@@ -310,7 +310,7 @@ mpk_status mpk_st_open(const char *path, const char *label, mpk_st_file **out, c
     if (!label) label = path;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        mpk_model_seterr(err, err_len, "%s: cannot open: %s", label, strerror(errno));
+        mpk_model_seterr(err, err_len, "%s: cannot open %s: %s", label, path, strerror(errno));
         return MPK_ERR_IO;
     }
     struct stat sb;
