@@ -3,9 +3,15 @@
 # library and the tests, runs tests/gpu/test_gpu.c (every CUDA task kernel against the CPU
 # oracle, small models under every scheduling mode, run-to-run determinism, the forced-stall
 # report) and prints a short table last. Logs go to $OUT when set (else build/gpu-out).
-# Megakernels built on a machine without a GPU (`build/test_gpu --compile` with
-# MPK_CACHE_DIR=build/gpucache) can travel in build/gpucache to skip nvcc here.
+# The GPU machine's image lacks cJSON, PCRE2, utf8proc and Criterion: first run
+# `sh tests/gpu/deps.sh` on the development machine (copies the first three into build/gpudeps
+# and prebuilds the test megakernels into build/gpucache, so nvcc is skipped here), then
+#   run(command="sh tests/gpu/run.sh", carry=["build/gpudeps", "build/gpucache"]).
+# Without Criterion the unit-test binary is skipped and only the library is built.
 set -u
+# On the device tool's machine ($OUT set) objects kept from an earlier call may predate the
+# copied sources: rebuild the library from scratch there.
+[ -n "${OUT:-}" ] && rm -rf build/src build/gen build/libmpk.a
 OUT=${OUT:-build/gpu-out}
 mkdir -p "$OUT"
 export MPK_CACHE_DIR="${MPK_CACHE_DIR:-$PWD/build/gpucache}"
@@ -20,7 +26,6 @@ if [ -d build/gpudeps ]; then
     export LIBRARY_PATH="$PWD/build/gpudeps/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
     export LD_LIBRARY_PATH="$PWD/build/gpudeps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
-rm -rf build/src build/gen build/libmpk.a
 if ! make -j16 all build/test_mpk EXTRA_CFLAGS="$DEPS" > "$OUT/build.log" 2>&1; then
     echo "make all build/test_mpk failed (see build.log); building the library alone"
     grep -m3 -E 'error|Error' "$OUT/build.log"

@@ -1,0 +1,23 @@
+#!/bin/sh
+# bench.sh — on the GPU machine, after tests/gpu/run.sh built mpk: decode speed of mpk and of
+# transformers + torch.compile (reduce-overhead, static cache) on the same card in the same call,
+# Perfetto traces + timeline pictures for Qwen3-0.6B and Qwen3-8B, and the side-by-side table last.
+set -u
+OUT=${OUT:-build/gpu-out}
+mkdir -p "$OUT"
+MODELS=${MPK_BENCH_MODELS:-"qwen3-0.6b qwen3-1.7b qwen3-8b"}
+args=""
+for m in $MODELS; do args="$args --config $m"; done
+build/mpk bench $args -n 128 -p 0 -r 3 -o json --backend cuda -v > "$OUT/mpk_bench.json" 2> "$OUT/mpk_bench.log" \
+    || { tail -20 "$OUT/mpk_bench.log"; }
+if [ "${MPK_SKIP_TORCH:-0}" != 1 ]; then
+    PYTHONUNBUFFERED=1 timeout 420 python3 bench/torch_baseline.py $MODELS --tokens 128 --reps 3 \
+        > "$OUT/torch.jsonl" 2> "$OUT/torch.log" || tail -5 "$OUT/torch.log"
+fi
+for m in ${MPK_PROFILE_MODELS:-"qwen3-0.6b qwen3-8b"}; do
+    build/mpk profile --config "$m" --backend cuda -n 8 -o "$OUT/trace-$m.json" > "$OUT/profile-$m.txt" 2>&1 \
+        || tail -5 "$OUT/profile-$m.txt"
+done
+cat "$OUT/profile-qwen3-8b.txt" 2>/dev/null | tail -20
+echo
+python3 bench/side_by_side.py "$OUT/mpk_bench.json" "$OUT/torch.jsonl"
