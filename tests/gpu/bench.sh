@@ -5,6 +5,7 @@
 set -u
 OUT=${OUT:-build/gpu-out}
 mkdir -p "$OUT"
+[ -d build/gpudeps ] && export LD_LIBRARY_PATH="$PWD/build/gpudeps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 MODELS=${MPK_BENCH_MODELS:-"qwen3-0.6b qwen3-1.7b qwen3-8b"}
 args=""
 for m in $MODELS; do args="$args --config $m"; done

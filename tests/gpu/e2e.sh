@@ -7,7 +7,11 @@ set -u
 OUT=${OUT:-build/gpu-out}
 mkdir -p "$OUT"
 DEPS=""
-[ -d build/gpudeps ] && DEPS="-I$PWD/build/gpudeps/include -I$PWD/build/gpudeps/include/cjson"
+if [ -d build/gpudeps ]; then  # the GPU machine's image lacks cJSON, PCRE2, utf8proc (tests/gpu/deps.sh)
+    DEPS="-I$PWD/build/gpudeps/include -I$PWD/build/gpudeps/include/cjson"
+    export LIBRARY_PATH="$PWD/build/gpudeps/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
+    export LD_LIBRARY_PATH="$PWD/build/gpudeps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 cc -std=c11 -D_GNU_SOURCE -O2 -Wno-format-zero-length -Iinclude -Isrc -I/usr/include/cjson $DEPS \
    -include tests/gpu/cr_shim.h tests/test_model_e2e.c tests/gpu/cr_shim_main.c build/libmpk.a \
    -lcjson -lpcre2-8 -lutf8proc -ldl -lm -pthread -o build/e2e_gpu > "$OUT/e2e_build.log" 2>&1 \
