@@ -27,7 +27,10 @@ static char *path_in(const char *dir, const char *name) {
 // embedding and logits adds a relative error of up to 2^-9, giving a normalised squared error of
 // order 1e-5..1e-4; the bound 2e-3 leaves room for that yet fails any wrong layer (which gives
 // errors of order 1). A top-1 or greedy decision may flip only where the reference's own margin
-// between the best two logits is below TIE_MARGIN, where bf16 rounding can reorder them.
+// between the best two logits is below the tie margin, where bf16 rounding can reorder them: the
+// larger of TIE_MARGIN and four times the RMS logit error measured on the same prompt's
+// teacher-forced logits (real-size models with 28+ layers carry errors of several hundredths,
+// so a fixed margin tuned for the tiny fixtures would call their near-ties failures).
 
 #define FIXTURES "tests/fixtures/models"
 #define TIE_MARGIN 0.05
@@ -164,6 +167,10 @@ static void check_model_dir(const char *dir, const char *name) {
         cr_assert_eq(mpk_tensor_read(k, logits, got, (size_t)(32 * V) * 2), MPK_OK);
         double num = 0, den = 0;
         int flips = 0;
+        double tie = TIE_MARGIN;  // refined below from this prompt's measured logit error
+        int flip_at[64] = {0};
+        int64_t flip_got[64], flip_ref[64];
+        cr_assert(L <= 64);
         for (int t = 0; t < L; t++) {
             // The reference row, copied out: safetensors data need not be 4-byte aligned.
             memcpy(row, (const uint8_t *)ref->data + (size_t)(t * V) * 4, (size_t)V * 4);
@@ -177,18 +184,23 @@ static void check_model_dir(const char *dir, const char *name) {
                 if (row[v] > row[best_ref]) best_ref = v;
                 if (gv > mpk_st_bf16_to_f32(got[t * V + best_got])) best_got = v;
             }
-            if (best_ref != best_got) {
-                flips++;
-                cr_expect(r.teacher_margin[i][t] < TIE_MARGIN,
-                          "%s prompt %d position %d: top-1 %lld, transformers %lld (margin %g)",
-                          name, i, t, (long long)best_got, (long long)best_ref,
-                          r.teacher_margin[i][t]);
-            }
+            flip_at[t] = best_ref != best_got;
+            flip_got[t] = best_got;
+            flip_ref[t] = best_ref;
+        }
+        tie = fmax(TIE_MARGIN, 4.0 * sqrt(num / ((double)L * (double)V)));
+        for (int t = 0; t < L; t++) {
+            if (!flip_at[t]) continue;
+            flips++;
+            cr_expect(r.teacher_margin[i][t] < tie,
+                      "%s prompt %d position %d: top-1 %lld, transformers %lld (margin %g, tie margin %g)",
+                      name, i, t, (long long)flip_got[t], (long long)flip_ref[t],
+                      r.teacher_margin[i][t], tie);
         }
         double nse = num / den;
         cr_expect(nse < MAX_NSE, "%s prompt %d: normalised squared error %g", name, i, nse);
-        cr_log_info("%s prompt %d: logits nse %.3g, %d top-1 flips (all at near-ties) of %d",
-                    name, i, nse, flips, L);
+        cr_log_info("%s prompt %d: logits nse %.3g, %d top-1 flips (all at near-ties < %.3f) of %d",
+                    name, i, nse, flips, tie, L);
 
         // Other worker counts give other grids; each output column is computed the same way
         // whatever the slicing, so the logits must be bitwise identical.
@@ -218,9 +230,9 @@ static void check_model_dir(const char *dir, const char *name) {
         int same = 0;
         while (same < r.new_tokens && toks[plen + same] == r.greedy[i][same]) same++;
         if (same < r.new_tokens)
-            cr_expect(r.greedy_margin[i][same] < TIE_MARGIN,
-                      "%s prompt %d: greedy token %d is %d, transformers %d (margin %g)", name,
-                      i, same, toks[plen + same], r.greedy[i][same], r.greedy_margin[i][same]);
+            cr_expect(r.greedy_margin[i][same] < tie,
+                      "%s prompt %d: greedy token %d is %d, transformers %d (margin %g, tie margin %g)", name,
+                      i, same, toks[plen + same], r.greedy[i][same], r.greedy_margin[i][same], tie);
         cr_log_info("%s prompt %d: %d of %d greedy tokens identical", name, i, same,
                     r.new_tokens);
     }
