@@ -58,9 +58,13 @@ def measure(name, tokens, reps):
     model.eval()
     for p in model.parameters():
         p.normal_(0, 0.02)
+    # generate() compiles the decode step itself when the cache is static; its CompileConfig is
+    # torch.compile(mode="reduce-overhead", fullgraph=True), i.e. CUDA graphs. Wrapping forward in
+    # torch.compile by hand as well breaks the graphs' static cache buffers.
     model.generation_config.cache_implementation = "static"
     model.generation_config.pad_token_id = 0
-    model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+    if hasattr(transformers, "CompileConfig"):
+        model.generation_config.compile_config = transformers.CompileConfig(mode="reduce-overhead", fullgraph=True)
     ids = torch.randint(3, 1000, (1, 8), device="cuda")
 
     def gen(n):

@@ -15,7 +15,8 @@ if [ "${MPK_SKIP_TORCH:-0}" != 1 ]; then
     PYTHONUNBUFFERED=1 timeout 420 python3 bench/torch_baseline.py $MODELS --tokens 128 --reps 3 \
         > "$OUT/torch.jsonl" 2> "$OUT/torch.log" || tail -5 "$OUT/torch.log"
 fi
-for m in ${MPK_PROFILE_MODELS:-"qwen3-0.6b qwen3-8b"}; do
+PROFILE_MODELS=${MPK_PROFILE_MODELS:-qwen3-0.6b qwen3-8b}
+for m in $PROFILE_MODELS; do
     build/mpk profile --config "$m" --backend cuda -n 8 -o "$OUT/trace-$m.json" > "$OUT/profile-$m.txt" 2>&1 \
         || tail -5 "$OUT/profile-$m.txt"
 done
