@@ -93,7 +93,7 @@ typedef struct mpk_kernel_params {
     int32_t world_size;             // ranks in tensor parallelism (1)
     int32_t rank;                   // this process's rank (0)
     int32_t num_workers;            // worker blocks (GPU) or threads (CPU); 0 = from the device
-    int32_t num_local_schedulers;   // scheduler warps/threads; 0 = static schedule (no schedulers)
+    int32_t num_local_schedulers;   // scheduler warps/threads; 0 (default) = static schedule
     int32_t num_remote_schedulers;  // schedulers for events from other ranks (0)
     int32_t max_seq_len;            // longest prompt + generation of one request (512)
     int32_t max_requests;           // request slots: rows of the tokens meta tensor (1)

@@ -79,7 +79,7 @@ mpk_kernel_params mpk_kernel_default_params(void) {
     p.world_size = 1;
     p.rank = 0;
     p.num_workers = 0;
-    p.num_local_schedulers = 1;
+    p.num_local_schedulers = 0;  // static schedule: fastest on both backends (bench/NOTES.md)
     p.num_remote_schedulers = 0;
     p.max_seq_len = 512;
     p.max_requests = 1;

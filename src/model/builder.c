@@ -16,21 +16,20 @@ mpk_build_options mpk_build_default_options(void) {
 
 // ---- grids -------------------------------------------------------------------------------------
 
-// grid.x for a layer that splits n output columns among W workers: a divisor of n, preferably
-// W..4W tasks (about 2W best: enough to balance, few enough that each task streams a long
-// contiguous slice) and slices a multiple of 64 columns (else 16) for the GPU's tiles.
+// grid.x for a layer that splits n output columns among W workers: a divisor of n, at most 4W.
 int32_t mpk_build_pick_grid(int64_t n, int32_t W) {
+    // Tasks run in waves of W (one per worker): prefer a grid that fills its last wave, then
+    // fewer waves (bigger tasks stream better and cost fewer hand-offs), then slices whose width
+    // is a multiple of 16 columns (16-byte loads, two columns per warp on the GPU).
     int32_t best = 1;
-    double best_cost = INFINITY;
-    int64_t limit = (int64_t)W * 16;
-    for (int64_t g = 1; g <= n && g <= limit; g++) {
+    double best_score = -INFINITY;
+    for (int64_t g = 1; g <= n && g <= 4 * (int64_t)W; g++) {
         if (n % g) continue;
-        int64_t width = n / g;
-        double cost = fabs(log2((double)g / (2.0 * W)));
-        if (g < W || g > 4 * (int64_t)W) cost += 4.0;
-        if (width % 64) cost += width % 16 ? 1.5 : 0.5;
-        if (cost < best_cost) {
-            best_cost = cost;
+        int64_t width = n / g, waves = (g + W - 1) / W;
+        double score = (double)g / (double)(waves * W) - 0.03 * (double)waves;
+        if (width % 16) score -= 0.1;
+        if (score > best_score) {
+            best_score = score;
             best = (int32_t)g;
         }
     }

@@ -31,7 +31,7 @@ const char *cli_common_usage(void) {
            "                        qwen3-0.6b, qwen3-1.7b, qwen3-8b, llama-3.2-1b, qwen3-tiny\n"
            "  --backend B           cpu | cuda | auto (default: auto = cuda when a GPU is usable)\n"
            "  --workers N           worker threads (CPU) or blocks (GPU) (default: from the device)\n"
-           "  --schedulers N        scheduler threads/warps; 0 = static schedule (default: 1)\n"
+           "  --schedulers N        scheduler threads/warps; 0 = static schedule (default: 0)\n"
            "  --jit                 dispatch tasks when their event fires (default: ahead of time)\n"
            "  --ctx N               max sequence length per request (default: min(2048, model))\n"
            "  --batch-tokens N      token rows per iteration, the prefill chunk (default: 64)\n"

@@ -45,66 +45,91 @@ MPK_DEV int64_t mpk_attn_cache_offset(const mpk_batch *b, const int32_t *page_ta
     return (int64_t)page * page_stride + (int64_t)(p % page_size) * D;
 }
 
-// softmax(q . k_t * scale) v_t over t in [0, pos] by one warp. Scores come 32 at a time, one
-// position per lane (the lane reads its key row whole); the running max and sum are rescaled
-// once per block as on the CPU. acc holds elements d = lane + 32 i.
-MPK_DEV void mpk_attn_attend(const float *q, const mpk_bf16 *k_cache, const mpk_bf16 *v_cache,
-                             const mpk_batch *b, const int32_t *page_table, int32_t pos,
-                             int32_t D, int32_t page_size, int64_t page_stride, float scale,
-                             mpk_bf16 *out) {
-    const int lane = threadIdx.x % 32;
-    float acc[MPK_ATTN_LANE_D];
+// Attention of one row for the G query heads of a kv head, by the whole block. Decode has one
+// row and a short context, so the work is spread over positions: the block's warps take
+// (head g, position chunk c) units, each runs an online softmax over its chunk (the lanes split
+// the head dimension: element d = lane + 32 i; a score is one warp reduction), and leaves
+// (max, sum, acc[D]) in shared memory; then the chunks of each head are combined.
+// Shared memory (dynamic): q (G, D) floats, then units (G * C, D + 2) floats.
+MPK_DEV void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf16 *k_cache,
+                          const mpk_bf16 *v_cache, const mpk_bf16 *q_norm, const float *inv_freq,
+                          const mpk_batch *b, const int32_t *pt, int32_t pos, int32_t G, int32_t D,
+                          int32_t page_size, int64_t page_stride, float eps, float scale,
+                          mpk_bf16 *out_row) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    float *qs = (float *)mpk_dyn_smem();  // (G, D)
+    float *units = qs + G * D;             // (G * C, D + 2)
+    const int32_t fit = (int32_t)((MPK_DYN_SMEM_BYTES / 4 - G * D) / (G * (D + 2)));
+    int32_t C = nwarps / G;
+    if (C > fit) C = fit;
+    if (C < 1) C = 1;
+    if (C > pos + 1) C = pos + 1;
+    for (int32_t g = warp; g < G; g += nwarps)
+        mpk_attn_prepare_head(qkv_row + (int64_t)g * D, q_norm, inv_freq, pos, D, eps, qs + g * D);
+    __syncthreads();
+    const int32_t chunk = (pos + 1 + C - 1) / C;
+    const int32_t nd = (D + 31) / 32;
+    for (int32_t u = warp; u < G * C; u += nwarps) {
+        const int32_t g = u / C, c = u % C;
+        const float *q = qs + g * D;
+        float qv[MPK_ATTN_LANE_D], acc[MPK_ATTN_LANE_D];
 #pragma unroll
-    for (int i = 0; i < MPK_ATTN_LANE_D; i++) acc[i] = 0.0f;
-    float m = -INFINITY, l = 0.0f;
-    const bool vec = D % 8 == 0 && mpk_aligned16(k_cache) && page_stride % 8 == 0;
-    for (int32_t t0 = 0; t0 <= pos; t0 += 32) {
-        const int32_t t = t0 + lane;
-        const int64_t off = t <= pos ? mpk_attn_cache_offset(b, page_table, t, D, page_size, page_stride) : -1;
-        float sc = -INFINITY;
-        if (off >= 0) {
-            const mpk_bf16 *k = k_cache + off;  // (D)
-            float s = 0.0f;
-            if (vec) {
-                for (int32_t d = 0; d < D; d += 8) {
-                    float kf[8];
-                    mpk_unpack8(mpk_ld16(k + d), kf);
-#pragma unroll
-                    for (int e = 0; e < 8; e++) s = fmaf(q[d + e], kf[e], s);
-                }
-            } else {
-                for (int32_t d = 0; d < D; d++) s = fmaf(q[d], mpk_bf2f(k[d]), s);
-            }
-            sc = s * scale;
+        for (int i = 0; i < MPK_ATTN_LANE_D; i++) {
+            const int32_t d = lane + 32 * i;
+            qv[i] = (i < nd && d < D) ? q[d] : 0.0f;
+            acc[i] = 0.0f;
         }
-        float bm = mpk_warp_max(sc);  // fmaxf: NaN scores leave the maximum alone
-        if (!(bm > m)) bm = m;
-        if (bm == -INFINITY) continue;  // nothing attendable yet
-        const float corr = expf(m - bm);
-        m = bm;
-        const float p = off >= 0 ? expf(sc - m) : 0.0f;
-        l = l * corr + mpk_warp_sum(p);
-#pragma unroll
-        for (int i = 0; i < MPK_ATTN_LANE_D; i++) acc[i] *= corr;
-        const int32_t nb = min(32, pos + 1 - t0);
-        for (int32_t j = 0; j < nb; j++) {
-            const float pj = __shfl_sync(0xffffffffu, p, j);
-            const int64_t oj = __shfl_sync(0xffffffffu, off, j);
-            if (oj < 0) continue;
-            const mpk_bf16 *v = v_cache + oj;  // (D)
+        float m = -INFINITY, l = 0.0f;
+        const int32_t t1 = min(pos + 1, (c + 1) * chunk);
+        for (int32_t t = c * chunk; t < t1; t++) {
+            const int64_t off = mpk_attn_cache_offset(b, pt, t, D, page_size, page_stride);
+            if (off < 0) continue;
+            const mpk_bf16 *kr = k_cache + off, *vr = v_cache + off;  // (D)
+            float s = 0.0f;
 #pragma unroll
             for (int i = 0; i < MPK_ATTN_LANE_D; i++) {
                 const int32_t d = lane + 32 * i;
-                if (d < D) acc[i] = fmaf(pj, mpk_bf2f(v[d]), acc[i]);
+                if (i < nd && d < D) s = fmaf(qv[i], mpk_bf2f(kr[d]), s);
+            }
+            s = mpk_warp_sum(s) * scale;
+            if (!(s == s)) continue;  // a NaN score attends to nothing
+            const float mn = fmaxf(m, s);
+            const float corr = expf(m - mn), p = expf(s - mn);
+            l = l * corr + p;
+            m = mn;
+#pragma unroll
+            for (int i = 0; i < MPK_ATTN_LANE_D; i++) {
+                const int32_t d = lane + 32 * i;
+                if (i < nd && d < D) acc[i] = fmaf(p, mpk_bf2f(vr[d]), acc[i] * corr);
             }
         }
-    }
-    const float inv = l > 0.0f ? 1.0f / l : __int_as_float(0x7fc00000);  // NaN: loud, not silent
+        float *dst = units + (int64_t)u * (D + 2);
 #pragma unroll
-    for (int i = 0; i < MPK_ATTN_LANE_D; i++) {
-        const int32_t d = lane + 32 * i;
-        if (d < D) out[d] = mpk_f2bf(acc[i] * inv);
+        for (int i = 0; i < MPK_ATTN_LANE_D; i++) {
+            const int32_t d = lane + 32 * i;
+            if (i < nd && d < D) dst[d] = acc[i];
+        }
+        if (lane == 0) {
+            dst[D] = m;
+            dst[D + 1] = l;
+        }
     }
+    __syncthreads();
+    for (int32_t i = threadIdx.x; i < G * D; i += blockDim.x) {
+        const int32_t g = i / D, d = i % D;
+        float M = -INFINITY;
+        for (int32_t c = 0; c < C; c++) M = fmaxf(M, units[(int64_t)(g * C + c) * (D + 2) + D]);
+        float num = 0.0f, den = 0.0f;
+        for (int32_t c = 0; c < C; c++) {
+            const float *un = units + (int64_t)(g * C + c) * (D + 2);
+            if (un[D + 1] <= 0.0f) continue;  // the chunk attended to nothing
+            const float f = expf(un[D] - M);
+            num = fmaf(f, un[d], num);
+            den = fmaf(f, un[D + 1], den);
+        }
+        out_row[(int64_t)g * D + d] = mpk_f2bf(den > 0.0f ? num / den : __int_as_float(0x7fc00000));
+    }
+    __syncthreads();  // qs and units are reused by the next row
 }
 
 MPK_DEV void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache,
@@ -119,12 +144,12 @@ MPK_DEV void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16
     const int32_t *page_tables = MPK_BATCH_CARRAY(b, off_page_table, int32_t);
     const int32_t rows = b->num_tokens;
     if (G <= 0 || D <= 0) return;
-    if (D > MPK_ATTN_MAX_D || D * nwarps > MPK_SCRATCH_FLOATS) {
+    if (D > MPK_ATTN_MAX_D || D * nwarps > MPK_DYN_SMEM_BYTES / 4 || G * D + G * (D + 2) > MPK_DYN_SMEM_BYTES / 4) {
         for (int64_t i = threadIdx.x; i < (int64_t)rows * G * D; i += blockDim.x)
             out[(i / (G * D)) * ld_out + i % (G * D)] = mpk_f2bf(__int_as_float(0x7fc00000));
         return;
     }
-    float *buf = mpk_smem()->f + warp * D;  // (D) this warp's head being prepared
+    float *buf = (float *)mpk_dyn_smem() + warp * D;  // (D) this warp's head being prepared
 
     // Every row's k and v first: a prefill chunk's rows attend to each other's positions.
     for (int32_t r = warp; r < rows; r += nwarps) {
@@ -141,14 +166,10 @@ MPK_DEV void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16
     }
     __syncthreads();  // the block's cache writes are visible to all its threads after this
 
-    for (int32_t i = warp; i < rows * G; i += nwarps) {
-        const int32_t r = i / G, g = i % G;
+    for (int32_t r = 0; r < rows; r++) {
         const int32_t *pt = page_tables + (int64_t)entry_slot[row_entry[r]] * b->max_pages_per_request;
-        const mpk_bf16 *q = qkv + (int64_t)r * ld_qkv + (int64_t)g * D;  // (D)
-        mpk_attn_prepare_head(q, q_norm, inv_freq, row_pos[r], D, eps, buf);
-        mpk_attn_attend(buf, k_cache, v_cache, b, pt, row_pos[r], D, page_size, page_stride,
-                        scale, out + (int64_t)r * ld_out + (int64_t)g * D);
-        __syncwarp();
+        mpk_attn_row(qkv + (int64_t)r * ld_qkv, k_cache, v_cache, q_norm, inv_freq, b, pt,
+                     row_pos[r], G, D, page_size, page_stride, eps, scale, out + (int64_t)r * ld_out);
     }
 }
 

@@ -123,4 +123,12 @@ MPK_DEV mpk_task_smem *mpk_smem() {
     return &s;
 }
 
+// Dynamic shared memory every task may use whole (staged GEMV inputs, attention partials);
+// the launch asks for MPK_DYN_SMEM_BYTES of it.
+#define MPK_DYN_SMEM_BYTES (128 * 1024)
+MPK_DEV uint4 *mpk_dyn_smem() {
+    extern __shared__ uint4 mpk_dyn_smem_area[];
+    return mpk_dyn_smem_area;
+}
+
 #endif  // MPK_KERNELS_CUDA_COMMON_CUH

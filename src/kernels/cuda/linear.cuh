@@ -8,24 +8,92 @@
 
 // ---- the shared product -------------------------------------------------------------------------
 //
-// Each warp owns output columns j = warp, warp + nwarps, ...; for column j it streams the weight
-// row w[j, 0..K) with 16-byte loads (8 bf16 per lane, 256 per warp load, MPK_GEMV_UNROLL loads in
-// flight per lane), multiplies with up to MPK_GEMV_ROWS input rows at once (so the weight row is
-// read once per row tile) and reduces across the warp. Input rows come from an XRows object:
-//   prologue(r0, nr)   block-wide, before the rows [r0, r0 + nr) are used (all threads call it)
-//   load8(r, k, f[8])  elements [k, k + 8) of row r as floats holding bf16 values
-//   load1(r, k)        element k of row r
-//   vec_ok()           whether load8 may be used (alignment)
-// Row tiles beyond the first re-read the weights: prefill is correct but not yet fast.
+// Decode is a matrix-vector product per layer, bound by streaming the weights once. A task first
+// stages its input rows in shared memory as bf16 (computing them when the task is fused: the
+// normalised row of rmsnorm_linear, silu(gate)*up of the down projection — once per task, not
+// once per output column), then each warp owns pairs of output columns j, j + 1 (warp * 2,
+// + 2 * nwarps, ...) and streams both weight rows with 16-byte loads, MPK_GEMV_UNROLL per row in
+// flight per lane (8 loads, 128 bytes per lane; 64 KB per block of 16 warps), multiplying with up
+// to MPK_GEMV_ROWS staged rows, then reduces across the warp. Per column the lane's sum runs over
+// k = lane*8 + 256*i in order, so results do not depend on the pairing or the row tile.
+//   stage(r0, nr, xs, ldk)  block-wide: rows [r0, r0 + nr) into xs[(r - r0) * ldk + k], bf16
+//   load8(r, k, f[8]) / load1(r, k) / prologue(r0, nr): the direct path, for inputs that do not
+//   fit the staging area or are not 16-byte aligned (weights are read once per row tile there).
 #define MPK_GEMV_ROWS 4
 #define MPK_GEMV_UNROLL 4
+#define MPK_GEMV_STAGE_ELEMS (MPK_DYN_SMEM_BYTES / 2)
+
+MPK_DEV void mpk_fma8(float &acc, const uint4 xv, const float wf[8]) {
+    float xf[8];
+    mpk_unpack8(xv, xf);
+#pragma unroll
+    for (int e = 0; e < 8; e++) acc = fmaf(xf[e], wf[e], acc);
+}
+
+// Columns of one row tile whose nr (<= MPK_GEMV_ROWS) rows are staged in xs.
+MPK_DEV void mpk_gemv_staged_tile(const mpk_bf16 *xs, int32_t ldk, int32_t r0, int32_t nr,
+                                  const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf16 *out,
+                                  int32_t K, int32_t n, int32_t ld_w, int32_t ld_res,
+                                  int32_t ld_out) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    for (int32_t j = warp * 2; j < n; j += nwarps * 2) {
+        const bool two = j + 1 < n;
+        const mpk_bf16 *w0 = w + (int64_t)j * ld_w;    // (K)
+        const mpk_bf16 *w1 = two ? w0 + ld_w : w0;      // (K)
+        float a0[MPK_GEMV_ROWS], a1[MPK_GEMV_ROWS];
+#pragma unroll
+        for (int r = 0; r < MPK_GEMV_ROWS; r++) a0[r] = a1[r] = 0.0f;
+        for (int32_t kb = lane * 8; kb < K; kb += 256 * MPK_GEMV_UNROLL) {
+            uint4 v0[MPK_GEMV_UNROLL], v1[MPK_GEMV_UNROLL];
+#pragma unroll
+            for (int u = 0; u < MPK_GEMV_UNROLL; u++) {
+                const int32_t k = kb + u * 256;
+                if (k < K) {
+                    v0[u] = mpk_ld16_ro(w0 + k);
+                    v1[u] = mpk_ld16_ro(w1 + k);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < MPK_GEMV_UNROLL; u++) {
+                const int32_t k = kb + u * 256;
+                if (k >= K) break;
+                float f0[8], f1[8];
+                mpk_unpack8(v0[u], f0);
+                mpk_unpack8(v1[u], f1);
+#pragma unroll
+                for (int r = 0; r < MPK_GEMV_ROWS; r++) {
+                    if (r >= nr) break;
+                    const uint4 xv = *(const uint4 *)(xs + (int64_t)r * ldk + k);
+                    mpk_fma8(a0[r], xv, f0);
+                    mpk_fma8(a1[r], xv, f1);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < MPK_GEMV_ROWS; r++) {
+            a0[r] = mpk_warp_sum(a0[r]);
+            a1[r] = mpk_warp_sum(a1[r]);
+        }
+        if (lane == 0) {
+            for (int r = 0; r < nr; r++) {
+                const int64_t row = r0 + r;
+                float s0 = a0[r], s1 = a1[r];
+                if (res) s0 += mpk_bf2f(res[row * ld_res + j]);
+                out[row * ld_out + j] = mpk_f2bf(s0);
+                if (two) {
+                    if (res) s1 += mpk_bf2f(res[row * ld_res + j + 1]);
+                    out[row * ld_out + j + 1] = mpk_f2bf(s1);
+                }
+            }
+        }
+    }
+}
 
 template <class XRows>
-MPK_DEV void mpk_gemv(XRows &xr, const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf16 *out,
-                      int32_t rows, int32_t K, int32_t n, int32_t ld_w, int32_t ld_res,
-                      int32_t ld_out) {
+MPK_DEV void mpk_gemv_direct(XRows &xr, const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf16 *out,
+                             int32_t rows, int32_t K, int32_t n, int32_t ld_w, int32_t ld_res,
+                             int32_t ld_out, bool vec) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
-    const bool vec = (K % 8 == 0) && (ld_w % 8 == 0) && mpk_aligned16(w) && xr.vec_ok();
     for (int32_t r0 = 0; r0 < rows; r0 += MPK_GEMV_ROWS) {
         const int32_t nr = min(MPK_GEMV_ROWS, rows - r0);
         xr.prologue(r0, nr);
@@ -78,6 +146,27 @@ MPK_DEV void mpk_gemv(XRows &xr, const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf1
     }
 }
 
+template <class XRows>
+MPK_DEV void mpk_gemv(XRows &xr, const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf16 *out,
+                      int32_t rows, int32_t K, int32_t n, int32_t ld_w, int32_t ld_res,
+                      int32_t ld_out) {
+    const bool vec = (K % 8 == 0) && (ld_w % 8 == 0) && mpk_aligned16(w) && xr.vec_ok();
+    const int32_t cap = K > 0 ? MPK_GEMV_STAGE_ELEMS / K : 0;  // rows the staging area holds
+    if (!vec || cap < 1) {
+        mpk_gemv_direct(xr, w, res, out, rows, K, n, ld_w, ld_res, ld_out, vec);
+        return;
+    }
+    const int32_t tile = cap < MPK_GEMV_ROWS ? cap : MPK_GEMV_ROWS;
+    mpk_bf16 *xs = (mpk_bf16 *)mpk_dyn_smem();  // (tile, K)
+    for (int32_t r0 = 0; r0 < rows; r0 += tile) {
+        const int32_t nr = min(tile, rows - r0);
+        xr.stage(r0, nr, xs, K);
+        __syncthreads();
+        mpk_gemv_staged_tile(xs, K, r0, nr, w, res, out, K, n, ld_w, ld_res, ld_out);
+        __syncthreads();  // the next tile overwrites xs
+    }
+}
+
 // ---- input rows ---------------------------------------------------------------------------------
 
 struct mpk_plain_rows {
@@ -89,6 +178,14 @@ struct mpk_plain_rows {
         mpk_unpack8(mpk_ld16(x + (int64_t)r * ld_x + k), f);
     }
     MPK_DEV float load1(int32_t r, int32_t k) const { return mpk_bf2f(x[(int64_t)r * ld_x + k]); }
+    // K % 8 == 0 and 16-byte alignment hold here (vec_ok).
+    MPK_DEV void stage(int32_t r0, int32_t nr, mpk_bf16 *xs, int32_t K) const {
+        const int32_t per = K / 8;
+        for (int32_t i = threadIdx.x; i < nr * per; i += blockDim.x) {
+            const int32_t r = i / per, k = (i % per) * 8;
+            *(uint4 *)(xs + (int64_t)r * K + k) = mpk_ld16(x + (int64_t)(r0 + r) * ld_x + k);
+        }
+    }
 };
 
 // 1 / sqrt(mean(x^2) + eps) of one row, computed by one warp (all lanes get it).
@@ -132,6 +229,23 @@ struct mpk_norm_rows {
         return mpk_rms_elem(mpk_bf2f(x[(int64_t)r * ld_x + k]), scale[r % MPK_GEMV_ROWS],
                             mpk_bf2f(norm_w[k]));
     }
+    MPK_DEV void stage(int32_t r0, int32_t nr, mpk_bf16 *xs, int32_t) {
+        prologue(r0, nr);  // the rows' scales, then a barrier
+        const int32_t per = K / 8;
+        for (int32_t i = threadIdx.x; i < nr * per; i += blockDim.x) {
+            const int32_t r = i / per, k = (i % per) * 8;
+            float f[8], nw[8];
+            mpk_unpack8(mpk_ld16(x + (int64_t)(r0 + r) * ld_x + k), f);
+            mpk_unpack8(mpk_ld16(norm_w + k), nw);
+            const float s = scale[r];
+            uint4 v;
+            v.x = mpk_pack2(mpk_rms_elem(f[0], s, nw[0]), mpk_rms_elem(f[1], s, nw[1]));
+            v.y = mpk_pack2(mpk_rms_elem(f[2], s, nw[2]), mpk_rms_elem(f[3], s, nw[3]));
+            v.z = mpk_pack2(mpk_rms_elem(f[4], s, nw[4]), mpk_rms_elem(f[5], s, nw[5]));
+            v.w = mpk_pack2(mpk_rms_elem(f[6], s, nw[6]), mpk_rms_elem(f[7], s, nw[7]));
+            *(uint4 *)(xs + (int64_t)r * K + k) = v;
+        }
+    }
 };
 
 // silu(g) * u rounded, exactly as the CPU computes it (matvec.h: mpk_cpu_silu_mul_elem).
@@ -153,6 +267,22 @@ struct mpk_silu_rows {
     MPK_DEV float load1(int32_t r, int32_t k) const {
         const mpk_bf16 *g = in + (int64_t)r * ld_in + k;
         return mpk_silu_mul_elem(mpk_bf2f(g[0]), mpk_bf2f(g[I]));
+    }
+    MPK_DEV void stage(int32_t r0, int32_t nr, mpk_bf16 *xs, int32_t) const {
+        const int32_t per = I / 8;
+        for (int32_t i = threadIdx.x; i < nr * per; i += blockDim.x) {
+            const int32_t r = i / per, k = (i % per) * 8;
+            const mpk_bf16 *g = in + (int64_t)(r0 + r) * ld_in + k;
+            float f[8], u[8];
+            mpk_unpack8(mpk_ld16(g), f);
+            mpk_unpack8(mpk_ld16(g + I), u);
+            uint4 v;
+            v.x = mpk_pack2(mpk_silu_mul_elem(f[0], u[0]), mpk_silu_mul_elem(f[1], u[1]));
+            v.y = mpk_pack2(mpk_silu_mul_elem(f[2], u[2]), mpk_silu_mul_elem(f[3], u[3]));
+            v.z = mpk_pack2(mpk_silu_mul_elem(f[4], u[4]), mpk_silu_mul_elem(f[5], u[5]));
+            v.w = mpk_pack2(mpk_silu_mul_elem(f[6], u[6]), mpk_silu_mul_elem(f[7], u[7]));
+            *(uint4 *)(xs + (int64_t)r * I + k) = v;
+        }
     }
 };
 

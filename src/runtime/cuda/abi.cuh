@@ -14,7 +14,7 @@
 #define MPK_DEV_ABI_VERSION 1
 
 // Threads of every block of the megakernel (workers and scheduler blocks alike).
-#define MPK_DEV_THREADS 256
+#define MPK_DEV_THREADS 512
 // Scheduler warps per scheduler block.
 #define MPK_DEV_SCHEDULERS_PER_BLOCK 4
 

@@ -480,7 +480,10 @@ int mpk_dev_launch(const mpk_dev_args *args, int *blocks) {
     int device = 0, sms = 0, per_sm = 0;
     MPK_CUDA_CHECK(cudaGetDevice(&device));
     MPK_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    MPK_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, MPK_DEV_THREADS, 0));
+    // Every block gets MPK_DYN_SMEM_BYTES of dynamic shared memory for its tasks (staged GEMV
+    // inputs, attention partials); one block per SM leaves the rest to the L1 cache.
+    MPK_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, MPK_DYN_SMEM_BYTES));
+    MPK_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, MPK_DEV_THREADS, MPK_DYN_SMEM_BYTES));
     if (per_sm < 1 || grid > sms) {
         snprintf(mpk_dev_error_text, sizeof mpk_dev_error_text,
                  "%d workers + %d scheduler blocks (%d schedulers / %d) = %d blocks do not fit "
@@ -490,8 +493,8 @@ int mpk_dev_launch(const mpk_dev_args *args, int *blocks) {
         return MPK_DEV_ERR_LIMIT;
     }
     void *params[] = {(void *)args};
-    MPK_CUDA_CHECK(cudaLaunchCooperativeKernel(fn, dim3(grid), dim3(MPK_DEV_THREADS), params, 0,
-                                               mpk_dev_stream));
+    MPK_CUDA_CHECK(cudaLaunchCooperativeKernel(fn, dim3(grid), dim3(MPK_DEV_THREADS), params,
+                                               MPK_DYN_SMEM_BYTES, mpk_dev_stream));
     return MPK_DEV_OK;
 }
 
