@@ -167,6 +167,14 @@ static void operand(mpk_kernel *k, int j, const mpk_tensor *t, int64_t i0, int64
     r->desc.operand[j] = (uint64_t)(elem * (int64_t)mpk_dtype_size(t->dtype));
 }
 
+// The newest task's weights (operand j, `bytes` from its address) may be prefetched before its
+// event fires: they are constant during a run.
+static void prefetch(mpk_kernel *k, int j, int64_t bytes) {
+    mpk_task_rec *r = &k->recs[k->num_recs - 1];
+    r->desc.prefetch_operand = (uint16_t)j;
+    r->desc.prefetch_bytes = bytes > UINT32_MAX ? UINT32_MAX : (uint32_t)bytes;
+}
+
 // Records that the newest task reads or writes t[lo0:hi0, lo1:hi1, (all of the other axes)].
 static int access(mpk_kernel *k, const mpk_tensor *t, int write, int64_t lo0, int64_t hi0,
                   int64_t lo1, int64_t hi1) {
@@ -312,6 +320,7 @@ static mpk_status linear_common(mpk_kernel *k, int32_t type, const char *op, con
             int j = 0;
             operand(k, j++, x, 0, 0);
             if (type == MPK_TASK_RMSNORM_LINEAR) operand(k, j++, norm_w, 0, 0);
+            prefetch(k, j, n * K * (int64_t)mpk_dtype_size(w->dtype));
             operand(k, j++, w, n0, 0);
             if (type == MPK_TASK_LINEAR_RESIDUAL) operand(k, j++, res, 0, n0);
             operand(k, j++, out, 0, n0);
@@ -459,6 +468,7 @@ mpk_status mpk_silu_mul_linear_with_residual_layer(mpk_kernel *k, const mpk_tens
             if (!new_task(&c, MPK_TASK_SILU_MUL_LINEAR_RESIDUAL, (int32_t)r0, (int32_t)r1)) return OOM(&c);
             operand(k, 0, in, 0, 0);
             operand(k, 1, w, n0, 0);
+            prefetch(k, 1, n * I * (int64_t)mpk_dtype_size(w->dtype));
             operand(k, 2, res, 0, n0);
             operand(k, 3, out, 0, n0);
             if (!access(k, in, 0, r0, r1, 0, 2 * I) || !access(k, w, 0, n0, n0 + n, 0, I) ||

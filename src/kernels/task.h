@@ -55,7 +55,12 @@ typedef struct mpk_task_desc {
     int32_t row_end;
     int32_t iparam[3];        // per-task integers (see mpk_variant)
     uint64_t operand[MPK_TASK_MAX_OPERANDS];
-    uint64_t reserved[3];
+    // Weights never depend on activations, so a worker may start pulling a task's weights into
+    // L2 before the task's event fires: prefetch_bytes of operand[prefetch_operand] (0: none).
+    uint32_t prefetch_bytes;
+    uint16_t prefetch_operand;
+    uint16_t reserved16;
+    uint64_t reserved[2];
 } mpk_task_desc;
 
 MPK_STATIC_ASSERT(sizeof(mpk_task_desc) == 128, "task descriptor is 128 bytes");
