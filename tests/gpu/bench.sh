@@ -5,6 +5,8 @@
 set -u
 OUT=${OUT:-build/gpu-out}
 mkdir -p "$OUT"
+# Megakernels prebuilt on the development machine travel in build/gpucache (tests/gpu/deps.sh).
+export MPK_CACHE_DIR="${MPK_CACHE_DIR:-$PWD/build/gpucache}"
 [ -d build/gpudeps ] && export LD_LIBRARY_PATH="$PWD/build/gpudeps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 MODELS=${MPK_BENCH_MODELS:-"qwen3-0.6b qwen3-1.7b qwen3-8b"}
 args=""

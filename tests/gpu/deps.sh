@@ -14,4 +14,20 @@ make -s lib
 PKG_LIBS=$(pkg-config --libs libcjson libpcre2-8 libutf8proc)
 cc -std=c11 -D_GNU_SOURCE -O2 -Iinclude -Isrc tests/gpu/test_gpu.c build/libmpk.a $PKG_LIBS -ldl -lm -pthread -o build/test_gpu
 MPK_CACHE_DIR=$PWD/build/gpucache build/test_gpu --compile > /dev/null 2>&1 || echo "prebuild failed"
+# The megakernels of tests/gpu/bench.sh and tests/gpu/e2e.sh (same graphs as there, compile only).
+export MPK_CACHE_DIR=$PWD/build/gpucache
+make -s cli
+for m in qwen3-0.6b qwen3-1.7b qwen3-8b; do
+    build/mpk compile --config $m --backend cuda --arch sm_90a > /dev/null 2>&1 || echo "prebuild $m failed"
+done
+for w in 132 64; do
+    for m in qwen3-0.6b llama-3.2-1b qwen3-8b; do
+        build/mpk compile --config $m --backend cuda --arch sm_90a --workers $w --page-size 16 \
+            --batch-tokens 32 --ctx 64 > /dev/null 2>&1 || echo "prebuild e2e $m failed"
+    done
+    for f in tests/fixtures/models/*/; do
+        build/mpk compile -m $f --backend cuda --arch sm_90a --workers $w --page-size 16 \
+            --batch-tokens 32 --ctx 64 > /dev/null 2>&1 || echo "prebuild e2e $f failed"
+    done
+done
 du -sh $D build/gpucache

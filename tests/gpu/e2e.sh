@@ -6,6 +6,8 @@
 set -u
 OUT=${OUT:-build/gpu-out}
 mkdir -p "$OUT"
+# Megakernels prebuilt on the development machine travel in build/gpucache (tests/gpu/deps.sh).
+export MPK_CACHE_DIR="${MPK_CACHE_DIR:-$PWD/build/gpucache}"
 DEPS=""
 if [ -d build/gpudeps ]; then  # the GPU machine's image lacks cJSON, PCRE2, utf8proc (tests/gpu/deps.sh)
     DEPS="-I$PWD/build/gpudeps/include -I$PWD/build/gpudeps/include/cjson"

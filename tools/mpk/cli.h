@@ -19,6 +19,7 @@ typedef struct cli_opts {
     int32_t jit;                // --jit
     int32_t max_seq_len;        // --ctx
     int32_t batch_tokens;       // --batch-tokens
+    int32_t page_size;          // --page-size
     int32_t max_requests;
     int32_t verbose;            // -v: log at INFO
     int32_t profile;

@@ -21,6 +21,7 @@ void cli_opts_init(cli_opts *o) {
     o->schedulers = -1;
     o->max_seq_len = 0;
     o->batch_tokens = 64;
+    o->page_size = 64;
     o->max_requests = 1;
     o->timeout = 600;
 }
@@ -35,6 +36,7 @@ const char *cli_common_usage(void) {
            "  --jit                 dispatch tasks when their event fires (default: ahead of time)\n"
            "  --ctx N               max sequence length per request (default: min(2048, model))\n"
            "  --batch-tokens N      token rows per iteration, the prefill chunk (default: 64)\n"
+           "  --page-size N         tokens per KV-cache page (default: 64)\n"
            "  --timeout S           give up on a run after S seconds (default: 600)\n"
            "  -v                    log what the library does (compile times, cache hits)\n";
 }
@@ -71,6 +73,7 @@ int cli_common_option(cli_opts *o, int argc, char **argv, int *i) {
     if (!strcmp(a, "--jit")) { o->jit = 1; return 1; }
     if (!strcmp(a, "--ctx")) { NEEDV(); return parse_int(v, 2, 1 << 20, &o->max_seq_len, a); }
     if (!strcmp(a, "--batch-tokens")) { NEEDV(); return parse_int(v, 1, 1 << 16, &o->batch_tokens, a); }
+    if (!strcmp(a, "--page-size")) { NEEDV(); return parse_int(v, 1, 4096, &o->page_size, a); }
     if (!strcmp(a, "--timeout")) {
         NEEDV();
         o->timeout = atof(v);
@@ -182,7 +185,7 @@ int cli_engine_open(cli_engine *e, const cli_opts *o, int compile) {
     p.max_seq_len = ctx;
     p.max_requests = o->max_requests;
     p.max_batched_tokens = o->batch_tokens;
-    p.page_size = 64;
+    p.page_size = o->page_size;
     p.profiling = o->profile;
     p.timeout_s = o->timeout;
     p.log = cli_log;

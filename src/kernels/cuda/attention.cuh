@@ -45,6 +45,79 @@ MPK_DEV int64_t mpk_attn_cache_offset(const mpk_batch *b, const int32_t *page_ta
     return (int64_t)page * page_stride + (int64_t)(p % page_size) * D;
 }
 
+// The decode fast path of mpk_attn_row for G <= 4 heads and D = 32 * ND: each warp takes one
+// chunk of positions for all G heads at once (a key and value row is loaded once for the group),
+// four positions at a time so that their loads are in flight together, and leaves per head
+// (acc[D], max, sum) in shared memory for the combine.
+template <int ND>
+MPK_DEV void mpk_attn_chunk_grouped(const float *qs, const mpk_bf16 *k_cache, const mpk_bf16 *v_cache,
+                                    const mpk_batch *b, const int32_t *pt, int32_t t0, int32_t t1,
+                                    int32_t G, int32_t D, int32_t page_size, int64_t page_stride,
+                                    float scale, float *unit) {
+    const int lane = threadIdx.x % 32;
+    float q[4][ND], acc[4][ND], m[4], l[4];
+#pragma unroll
+    for (int g = 0; g < 4; g++) {
+        m[g] = -INFINITY;
+        l[g] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < ND; i++) {
+            q[g][i] = g < G ? qs[g * D + lane + 32 * i] : 0.0f;
+            acc[g][i] = 0.0f;
+        }
+    }
+    for (int32_t t = t0; t < t1; t += 4) {
+        int64_t off[4];
+        float kf[4][ND];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            off[j] = t + j < t1 ? mpk_attn_cache_offset(b, pt, t + j, D, page_size, page_stride) : -1;
+#pragma unroll
+            for (int i = 0; i < ND; i++)
+                kf[j][i] = off[j] >= 0 ? mpk_bf2f(k_cache[off[j] + lane + 32 * i]) : 0.0f;
+        }
+        float sc[4][4];
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int g = 0; g < 4; g++) {
+                float p = 0.0f;
+#pragma unroll
+                for (int i = 0; i < ND; i++) p = fmaf(q[g][i], kf[j][i], p);
+                sc[j][g] = g < G ? mpk_warp_sum(p) * scale : 0.0f;
+            }
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            if (off[j] < 0) continue;
+            float vf[ND];
+#pragma unroll
+            for (int i = 0; i < ND; i++) vf[i] = mpk_bf2f(v_cache[off[j] + lane + 32 * i]);
+#pragma unroll
+            for (int g = 0; g < 4; g++) {
+                const float sj = sc[j][g];
+                if (g >= G || !(sj == sj)) continue;  // a NaN score attends to nothing
+                const float mn = fmaxf(m[g], sj);
+                const float corr = expf(m[g] - mn), p = expf(sj - mn);
+                l[g] = l[g] * corr + p;
+                m[g] = mn;
+#pragma unroll
+                for (int i = 0; i < ND; i++) acc[g][i] = fmaf(p, vf[i], acc[g][i] * corr);
+            }
+        }
+    }
+#pragma unroll
+    for (int g = 0; g < 4; g++) {
+        if (g >= G) continue;
+        float *dst = unit + (int64_t)g * (D + 2);
+#pragma unroll
+        for (int i = 0; i < ND; i++) dst[lane + 32 * i] = acc[g][i];
+        if (lane == 0) {
+            dst[D] = m[g];
+            dst[D + 1] = l[g];
+        }
+    }
+}
+
 // Attention of one row for the G query heads of a kv head, by the whole block. Decode has one
 // row and a short context, so the work is spread over positions: the block's warps take
 // (head g, position chunk c) units, each runs an online softmax over its chunk (the lanes split
@@ -67,8 +140,40 @@ MPK_DEV void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf16 *k_cache,
     for (int32_t g = warp; g < G; g += nwarps)
         mpk_attn_prepare_head(qkv_row + (int64_t)g * D, q_norm, inv_freq, pos, D, eps, qs + g * D);
     __syncthreads();
-    const int32_t chunk = (pos + 1 + C - 1) / C;
     const int32_t nd = (D + 31) / 32;
+    if (G <= 4 && (D == 64 || D == 128)) {
+        // All warps on position chunks, each for the whole head group; units (C, G, D + 2).
+        int32_t Cg = nwarps < pos + 1 ? nwarps : pos + 1;
+        const int32_t fitg = (int32_t)((MPK_DYN_SMEM_BYTES / 4 - G * D) / (G * (D + 2)));
+        if (Cg > fitg) Cg = fitg;
+        const int32_t chunk = (pos + 1 + Cg - 1) / Cg;
+        if (warp < Cg) {
+            const int32_t t0 = warp * chunk, t1 = min(pos + 1, t0 + chunk);
+            float *unit = units + (int64_t)warp * G * (D + 2);
+            if (D == 128)
+                mpk_attn_chunk_grouped<4>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit);
+            else
+                mpk_attn_chunk_grouped<2>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit);
+        }
+        __syncthreads();
+        for (int32_t i = threadIdx.x; i < G * D; i += blockDim.x) {
+            const int32_t g = i / D, d = i % D;
+            float M = -INFINITY;
+            for (int32_t c = 0; c < Cg; c++) M = fmaxf(M, units[((int64_t)c * G + g) * (D + 2) + D]);
+            float num = 0.0f, den = 0.0f;
+            for (int32_t c = 0; c < Cg; c++) {
+                const float *un = units + ((int64_t)c * G + g) * (D + 2);
+                if (un[D + 1] <= 0.0f) continue;
+                const float f = expf(un[D] - M);
+                num = fmaf(f, un[d], num);
+                den = fmaf(f, un[D + 1], den);
+            }
+            out_row[(int64_t)g * D + d] = mpk_f2bf(den > 0.0f ? num / den : __int_as_float(0x7fc00000));
+        }
+        __syncthreads();
+        return;
+    }
+    const int32_t chunk = (pos + 1 + C - 1) / C;
     for (int32_t u = warp; u < G * C; u += nwarps) {
         const int32_t g = u / C, c = u % C;
         const float *q = qs + g * D;
