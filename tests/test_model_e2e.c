@@ -212,8 +212,21 @@ static void check_model_dir(const char *dir, const char *name) {
             cr_assert_eq(mpk_request_add(k7, r.prompt[i], L, 1, NULL, NULL), MPK_OK);
             cr_assert_eq(mpk_run(k7, NULL, NULL), MPK_OK, "%s", mpk_last_error(k7));
             cr_assert_eq(mpk_tensor_read(k7, logits7, got7, (size_t)(32 * V) * 2), MPK_OK);
-            cr_expect(memcmp(got, got7, (size_t)(L * V) * 2) == 0,
-                      "%s: logits differ between %d and %d workers", name, wa, wb);
+            // On the CPU each output column is computed the same way whatever the slicing:
+            // bitwise equal. The GPU's GEMV shares a column among several warps when a task
+            // has few columns (a different split of K), so there the two agree to rounding.
+            if (e2e_backend() == MPK_BACKEND_CPU) {
+                cr_expect(memcmp(got, got7, (size_t)(L * V) * 2) == 0,
+                          "%s: logits differ between %d and %d workers", name, wa, wb);
+            } else {
+                double n2 = 0, d2 = 0;
+                for (int64_t q = 0; q < (int64_t)L * V; q++) {
+                    double a = mpk_st_bf16_to_f32(got[q]), c = mpk_st_bf16_to_f32(got7[q]);
+                    n2 += (a - c) * (a - c);
+                    d2 += a * a;
+                }
+                cr_expect(n2 <= 1e-4 * d2, "%s: logits of %d and %d workers differ (nse %g)", name, wa, wb, n2 / d2);
+            }
             free(got7);
             mpk_kernel_free(k7);
         }

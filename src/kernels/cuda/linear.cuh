@@ -30,24 +30,34 @@ MPK_DEV void mpk_fma8(float &acc, const uint4 xv, const float wf[8]) {
     for (int e = 0; e < 8; e++) acc = fmaf(xf[e], wf[e], acc);
 }
 
-// Columns of one row tile whose nr (<= MPK_GEMV_ROWS) rows are staged in xs.
+// Columns of one row tile whose nr (<= MPK_GEMV_ROWS) rows are staged in xs. A task with few
+// columns (small models: 8 columns of 1024 on 128 tasks) would leave most warps idle, so ks warps
+// share a column pair, each taking every ks-th 256-element block of K; their partial sums meet in
+// shared memory and are added in a fixed order (results repeat run to run; they depend on ks, so
+// on the task's width).
 MPK_DEV void mpk_gemv_staged_tile(const mpk_bf16 *xs, int32_t ldk, int32_t r0, int32_t nr,
                                   const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf16 *out,
                                   int32_t K, int32_t n, int32_t ld_w, int32_t ld_res,
                                   int32_t ld_out) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
-    for (int32_t j = warp * 2; j < n; j += nwarps * 2) {
+    const int32_t pairs = (n + 1) / 2, blocks = (K + 255) / 256;
+    int32_t ks = 1;
+    while (ks * 2 <= nwarps && pairs * ks * 2 <= nwarps && ks * 2 <= blocks) ks *= 2;
+    float *part = mpk_smem()->f;  // (ks, nr, n) partial sums when ks > 1
+    const int32_t seg = warp % ks, pstride = nwarps / ks;
+    for (int32_t j = (warp / ks) * 2; j < n && warp / ks < pstride; j += pstride * 2) {
         const bool two = j + 1 < n;
         const mpk_bf16 *w0 = w + (int64_t)j * ld_w;    // (K)
         const mpk_bf16 *w1 = two ? w0 + ld_w : w0;      // (K)
         float a0[MPK_GEMV_ROWS], a1[MPK_GEMV_ROWS];
 #pragma unroll
         for (int r = 0; r < MPK_GEMV_ROWS; r++) a0[r] = a1[r] = 0.0f;
-        for (int32_t kb = lane * 8; kb < K; kb += 256 * MPK_GEMV_UNROLL) {
+        const int32_t step = 256 * ks;
+        for (int32_t kb = lane * 8 + 256 * seg; kb < K; kb += step * MPK_GEMV_UNROLL) {
             uint4 v0[MPK_GEMV_UNROLL], v1[MPK_GEMV_UNROLL];
 #pragma unroll
             for (int u = 0; u < MPK_GEMV_UNROLL; u++) {
-                const int32_t k = kb + u * 256;
+                const int32_t k = kb + u * step;
                 if (k < K) {
                     v0[u] = mpk_ld16_ro(w0 + k);
                     v1[u] = mpk_ld16_ro(w1 + k);
@@ -55,7 +65,7 @@ MPK_DEV void mpk_gemv_staged_tile(const mpk_bf16 *xs, int32_t ldk, int32_t r0, i
             }
 #pragma unroll
             for (int u = 0; u < MPK_GEMV_UNROLL; u++) {
-                const int32_t k = kb + u * 256;
+                const int32_t k = kb + u * step;
                 if (k >= K) break;
                 float f0[8], f1[8];
                 mpk_unpack8(v0[u], f0);
@@ -76,6 +86,11 @@ MPK_DEV void mpk_gemv_staged_tile(const mpk_bf16 *xs, int32_t ldk, int32_t r0, i
         }
         if (lane == 0) {
             for (int r = 0; r < nr; r++) {
+                if (ks > 1) {
+                    part[((int64_t)seg * nr + r) * n + j] = a0[r];
+                    if (two) part[((int64_t)seg * nr + r) * n + j + 1] = a1[r];
+                    continue;
+                }
                 const int64_t row = r0 + r;
                 float s0 = a0[r], s1 = a1[r];
                 if (res) s0 += mpk_bf2f(res[row * ld_res + j]);
@@ -85,6 +100,17 @@ MPK_DEV void mpk_gemv_staged_tile(const mpk_bf16 *xs, int32_t ldk, int32_t r0, i
                     out[row * ld_out + j + 1] = mpk_f2bf(s1);
                 }
             }
+        }
+    }
+    if (ks > 1) {
+        __syncthreads();
+        for (int32_t i = threadIdx.x; i < nr * n; i += blockDim.x) {
+            const int32_t r = i / n, j = i % n;
+            float sum = 0.0f;
+            for (int32_t g = 0; g < ks; g++) sum += part[((int64_t)g * nr + r) * n + j];
+            const int64_t row = r0 + r;
+            if (res) sum += mpk_bf2f(res[row * ld_res + j]);
+            out[row * ld_out + j] = mpk_f2bf(sum);
         }
     }
 }
