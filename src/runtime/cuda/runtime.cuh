@@ -153,22 +153,28 @@ struct mpk_worker_shared {
 
 // Waits for the task's event, runs it with the whole block, triggers its events. All threads
 // call it; returns false when the run was aborted.
+// Weights never wait for activations: a block asks L2 for the first MPK_PREFETCH_BYTES of a
+// task's weights (what its warps read first) ahead of time, so the memory system keeps
+// streaming across hand-offs. Capped so that all workers' prefetches together stay well inside
+// L2 (132 x 192 KB = 25 MB of the H100's 50 MB).
+__device__ __forceinline__ void mpk_prefetch_weights(const mpk_task_desc &d) {
+    if (!d.prefetch_bytes) return;
+    const char *base = (const char *)d.operand[d.prefetch_operand];
+    const uint32_t bytes = d.prefetch_bytes < MPK_PREFETCH_BYTES ? d.prefetch_bytes : MPK_PREFETCH_BYTES;
+    for (uint32_t off = threadIdx.x * 128u; off < bytes; off += blockDim.x * 128u)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off));
+}
+
+// `next` (or -1) is the task this worker runs after t: its weights are requested now, one task
+// ahead, so they arrive while t runs and t's successors wait; `first` also requests t's own.
 template <bool PROFILE>
 __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32_t w,
-                             int32_t t, uint32_t iter) {
+                             int32_t t, uint32_t iter, int32_t next = -1, bool first = true) {
     const mpk_task_desc &d = a.tasks[t];
     const uint32_t ev = d.wait_event;
     int64_t t_wait = 0, t_start = 0;
-    // Weights never wait for activations: while thread 0 waits on the event, the block asks L2
-    // for the first MPK_PREFETCH_BYTES of the task's weights (what its warps read first), so the
-    // memory system keeps streaming across the hand-off. Capped so that all workers' prefetches
-    // together stay well inside L2 (132 x 192 KB = 25 MB of the H100's 50 MB).
-    if (d.prefetch_bytes) {
-        const char *base = (const char *)d.operand[d.prefetch_operand];
-        const uint32_t bytes = d.prefetch_bytes < MPK_PREFETCH_BYTES ? d.prefetch_bytes : MPK_PREFETCH_BYTES;
-        for (uint32_t off = threadIdx.x * 128u; off < bytes; off += blockDim.x * 128u)
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off));
-    }
+    if (first) mpk_prefetch_weights(d);
+    if (next >= 0) mpk_prefetch_weights(a.tasks[next]);
     if (threadIdx.x == 0) {
         if (PROFILE) t_wait = mpk_globaltimer();
         mpk_dev_worker_status *ws = &a.worker_status[w];
@@ -247,8 +253,14 @@ __device__ void mpk_worker_static(const mpk_dev_args &a, mpk_worker_shared *sh, 
         const bool go = sh->flag;
         __syncthreads();
         if (!go) return;
-        for (int32_t i = a.worker_task_begin[w]; i < a.worker_task_begin[w + 1]; i++)
-            if (!mpk_run_task<PROFILE>(a, sh, w, a.worker_tasks[i], iter)) return;
+        const int32_t i0 = a.worker_task_begin[w], i1 = a.worker_task_begin[w + 1];
+        for (int32_t i = i0; i < i1; i++) {
+            // The next task, wrapping to the first of the next iteration (layer 0's weights
+            // arrive during the LM head).
+            const int32_t next = i + 1 < i1 ? a.worker_tasks[i + 1] : a.worker_tasks[i0];
+            if (!mpk_run_task<PROFILE>(a, sh, w, a.worker_tasks[i], iter, next, iter == 1 && i == i0))
+                return;
+        }
         if (w == 0 && threadIdx.x == 0) {
             const unsigned long long ne = a.events[a.end_event].num_triggers;
             if (mpk_wait_geq(a, &a.counters[a.end_event], ne * iter)) mpk_iteration_step(a, iter);
