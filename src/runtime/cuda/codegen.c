@@ -236,8 +236,8 @@ mpk_status mpk_cuda_codegen(mpk_kernel *k, char **out) {
         const mpk_variant *v = &k->graph.variants[i];
         mpk_sbuf_printf(&b, "\n// variant %d: %s,", i, mpk_task_type_name(v->type));
         emit_variant_users(k, &b, i);
-        mpk_sbuf_printf(&b, "\n__device__ __forceinline__ void mpk_variant_%d(const mpk_task_desc &d, mpk_batch *b) {\n"
-                            "    const int32_t r0 = d.row_begin, r1 = min(d.row_end, b->num_tokens);\n"
+        mpk_sbuf_printf(&b, "\n__device__ __forceinline__ void mpk_variant_%d(const mpk_task_desc &d, mpk_batch *b, int32_t nt) {\n"
+                            "    const int32_t r0 = d.row_begin, r1 = min(d.row_end, nt);\n"
                             "    if (r1 <= r0 && d.type != %d && d.type != %d) return;\n",
                         i, MPK_TASK_ATTENTION, MPK_TASK_SAMPLING);
         st = emit_variant_body(k, &b, i, v);
@@ -248,10 +248,10 @@ mpk_status mpk_cuda_codegen(mpk_kernel *k, char **out) {
         mpk_sbuf_printf(&b, "}\n");
     }
     mpk_sbuf_printf(&b, "\n// ==== dispatch: variant id -> body ====\n"
-                        "__device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b) {\n"
+                        "__device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b, int32_t nt) {\n"
                         "    switch (d.variant) {\n");
     for (int32_t i = 0; i < k->graph.num_variants; i++)
-        mpk_sbuf_printf(&b, "    case %d: mpk_variant_%d(d, b); return true;  // %s\n", i, i,
+        mpk_sbuf_printf(&b, "    case %d: mpk_variant_%d(d, b, nt); return true;  // %s\n", i, i,
                         mpk_task_type_name(k->graph.variants[i].type));
     mpk_sbuf_printf(&b, "    default: return false;\n    }\n}\n");
     if (b.failed) {

@@ -4,7 +4,7 @@
 // through dlsym. Every CUDA runtime call of the backend lives here, checked, with file:line.
 //
 // The generated .cu defines, after this file:
-//   __device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b);
+//   __device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b, int32_t num_tokens);
 // which runs task d with the whole block (false: unknown variant). Semantics mirror
 // src/runtime/cpu: see DESIGN.md §2.3 and the comments at each loop below.
 #ifndef MPK_RUNTIME_CUDA_RUNTIME_CUH
@@ -19,7 +19,7 @@
 #include "../batch.h"
 #include "abi.cuh"
 
-__device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b);
+__device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b, int32_t num_tokens);
 
 // ---- memory ordering primitives -----------------------------------------------------------------
 // Release on every increment and publication, acquire on every poll, gpu scope: a task's outputs
@@ -147,7 +147,9 @@ __device__ bool mpk_iteration_step(const mpk_dev_args &a, uint32_t iter) {
 // ---- running one task -----------------------------------------------------------------------------
 
 struct mpk_worker_shared {
+    alignas(16) mpk_task_desc desc;  // the running task's descriptor, copied while its event is pending
     int32_t flag;
+    int32_t num_tokens;   // rows of the iteration (static mode: read once per iteration)
     unsigned long long entry;
 };
 
@@ -169,11 +171,17 @@ __device__ __forceinline__ void mpk_prefetch_weights(const mpk_task_desc &d) {
 // ahead, so they arrive while t runs and t's successors wait; `first` also requests t's own.
 template <bool PROFILE>
 __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32_t w,
-                             int32_t t, uint32_t iter, int32_t next = -1, bool first = true) {
-    const mpk_task_desc &d = a.tasks[t];
-    const uint32_t ev = d.wait_event;
+                             int32_t t, uint32_t iter, int32_t next = -1, bool first = true,
+                             int32_t num_tokens = -1) {
+    const mpk_task_desc &dg = a.tasks[t];
+    const uint32_t ev = dg.wait_event;
+    // The descriptor is constant: warp 1 copies it to shared memory while thread 0 waits, so
+    // the task body reads it from there instead of going back to global memory after the wait.
+    if (threadIdx.x >= 32 && threadIdx.x < 40)
+        ((uint4 *)&sh->desc)[threadIdx.x - 32] = ((const uint4 *)&dg)[threadIdx.x - 32];
+    const mpk_task_desc &d = sh->desc;
     int64_t t_wait = 0, t_start = 0;
-    if (first) mpk_prefetch_weights(d);
+    if (first) mpk_prefetch_weights(dg);
     if (next >= 0) mpk_prefetch_weights(a.tasks[next]);
     if (threadIdx.x == 0) {
         if (PROFILE) t_wait = mpk_globaltimer();
@@ -187,18 +195,26 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
             ok = mpk_wait_geq(a, &a.counters[ev], (unsigned long long)a.events[ev].num_triggers * iter);
         if (ok) ws->state = MPK_DEV_W_RUNNING;  // an aborted wait stays visible to the host
         sh->flag = ok;
+        sh->num_tokens = num_tokens >= 0 ? num_tokens : (ok ? a.batch->num_tokens : 0);
         if (PROFILE) t_start = mpk_globaltimer();
     }
     __syncthreads();
     if (!sh->flag) return false;
-    if (!mpk_dispatch_task(d, a.batch) && threadIdx.x == 0) mpk_device_error(a, t);
+    if (!mpk_dispatch_task(d, a.batch, sh->num_tokens) && threadIdx.x == 0) mpk_device_error(a, t);
+    // Read what the triggers need before the barrier: past it, warp 1 may already be copying
+    // the next task's descriptor over sh->desc.
+    const uint32_t trig_begin = d.trigger_begin, trig_end = d.trigger_end;
+    const uint16_t task_type = d.type;
+    const uint32_t task_layer = d.layer;
     __syncthreads();
     if (threadIdx.x == 0) {
         __threadfence();
-        for (uint32_t i = d.trigger_begin; i < d.trigger_end; i++) {
+        for (uint32_t i = trig_begin; i < trig_end; i++) {
             const uint32_t e = a.triggers[i];
             if (e == a.stall_event) continue;  // test hook: this event never fires
-            const unsigned long long now = mpk_atom_add_release(&a.counters[e], 1ull) + 1;
+            // One fence above orders the block's outputs before every increment; the adds
+            // themselves can then be relaxed (a release on each would fence again).
+            const unsigned long long now = atomicAdd(&a.counters[e], 1ull) + 1;
             const mpk_event_desc &ed = a.events[e];
             // A just-in-time event hands its tasks to a scheduler when it completes.
             if ((ed.flags & MPK_EVENT_FLAG_JIT) && a.num_schedulers > 0 &&
@@ -214,10 +230,10 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
             const unsigned int n = atomicAdd(&a.profile_count[w], 1u);
             if ((int32_t)n < a.profile_capacity) {
                 mpk_dev_prof *p = &a.profile[(int64_t)w * a.profile_capacity + n];
-                p->task_type = d.type;
+                p->task_type = task_type;
                 p->worker = (uint16_t)w;
                 p->task = t;
-                p->layer = (int32_t)d.layer;
+                p->layer = (int32_t)task_layer;
                 p->iteration = (int32_t)iter;
                 p->start_ns = t_start;
                 p->end_ns = mpk_globaltimer();
@@ -251,6 +267,7 @@ __device__ void mpk_worker_static(const mpk_dev_args &a, mpk_worker_shared *sh, 
         }
         __syncthreads();
         const bool go = sh->flag;
+        const int32_t nt = go ? *(volatile int32_t *)&a.batch->num_tokens : 0;  // after the acquire of event 0
         __syncthreads();
         if (!go) return;
         const int32_t i0 = a.worker_task_begin[w], i1 = a.worker_task_begin[w + 1];
@@ -258,7 +275,7 @@ __device__ void mpk_worker_static(const mpk_dev_args &a, mpk_worker_shared *sh, 
             // The next task, wrapping to the first of the next iteration (layer 0's weights
             // arrive during the LM head).
             const int32_t next = i + 1 < i1 ? a.worker_tasks[i + 1] : a.worker_tasks[i0];
-            if (!mpk_run_task<PROFILE>(a, sh, w, a.worker_tasks[i], iter, next, iter == 1 && i == i0))
+            if (!mpk_run_task<PROFILE>(a, sh, w, a.worker_tasks[i], iter, next, iter == 1 && i == i0, nt))
                 return;
         }
         if (w == 0 && threadIdx.x == 0) {
