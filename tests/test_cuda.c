@@ -50,9 +50,9 @@ Test(cuda, codegen_covers_every_variant) {
     cr_assert_gt(k->graph.num_variants, 2);
     for (int32_t v = 0; v < k->graph.num_variants; v++) {
         char want[96];
-        snprintf(want, sizeof want, "case %d: mpk_variant_%d(d, b); return true;", v, v);
+        snprintf(want, sizeof want, "case %d: mpk_variant_%d(d, b, nt); return true;", v, v);
         cr_expect(strstr(src, want), "no dispatch case for variant %d", v);
-        snprintf(want, sizeof want, "void mpk_variant_%d(const mpk_task_desc &d, mpk_batch *b)", v);
+        snprintf(want, sizeof want, "void mpk_variant_%d(const mpk_task_desc &d, mpk_batch *b, int32_t nt)", v);
         cr_expect(strstr(src, want), "no body for variant %d", v);
     }
     const char *headers[] = {"src/kernels/task.h", "src/runtime/batch.h", "src/runtime/cuda/abi.cuh",
