@@ -128,18 +128,20 @@ MPK_DEV void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf16 *k_cache,
                           const mpk_bf16 *v_cache, const mpk_bf16 *q_norm, const float *inv_freq,
                           const mpk_batch *b, const int32_t *pt, int32_t pos, int32_t G, int32_t D,
                           int32_t page_size, int64_t page_stride, float eps, float scale,
-                          mpk_bf16 *out_row) {
+                          mpk_bf16 *out_row, bool q_ready) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
-    float *qs = (float *)mpk_dyn_smem();  // (G, D)
+    float *qs = (float *)mpk_dyn_smem();  // (G, D), already prepared when q_ready
     float *units = qs + G * D;             // (G * C, D + 2)
     const int32_t fit = (int32_t)((MPK_DYN_SMEM_BYTES / 4 - G * D) / (G * (D + 2)));
     int32_t C = nwarps / G;
     if (C > fit) C = fit;
     if (C < 1) C = 1;
     if (C > pos + 1) C = pos + 1;
-    for (int32_t g = warp; g < G; g += nwarps)
-        mpk_attn_prepare_head(qkv_row + (int64_t)g * D, q_norm, inv_freq, pos, D, eps, qs + g * D);
-    __syncthreads();
+    if (!q_ready) {
+        for (int32_t g = warp; g < G; g += nwarps)
+            mpk_attn_prepare_head(qkv_row + (int64_t)g * D, q_norm, inv_freq, pos, D, eps, qs + g * D);
+        __syncthreads();
+    }
     const int32_t nd = (D + 31) / 32;
     if (G <= 4 && (D == 64 || D == 128)) {
         // All warps on position chunks, each for the whole head group; units (C, G, D + 2).
@@ -249,12 +251,21 @@ MPK_DEV void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16
     const int32_t *page_tables = MPK_BATCH_CARRAY(b, off_page_table, int32_t);
     const int32_t rows = b->num_tokens;
     if (G <= 0 || D <= 0) return;
-    if (D > MPK_ATTN_MAX_D || D * nwarps > MPK_DYN_SMEM_BYTES / 4 || G * D + G * (D + 2) > MPK_DYN_SMEM_BYTES / 4) {
+    if (D > MPK_ATTN_MAX_D || (G + nwarps) * D > MPK_DYN_SMEM_BYTES / 4 || G * D + G * (D + 2) > MPK_DYN_SMEM_BYTES / 4) {
         for (int64_t i = threadIdx.x; i < (int64_t)rows * G * D; i += blockDim.x)
             out[(i / (G * D)) * ld_out + i % (G * D)] = mpk_f2bf(__int_as_float(0x7fc00000));
         return;
     }
-    float *buf = (float *)mpk_dyn_smem() + warp * D;  // (D) this warp's head being prepared
+    // (D) this warp's key being prepared, at the end of the area: the start holds row 0's q.
+    float *buf = (float *)mpk_dyn_smem() + (MPK_DYN_SMEM_BYTES / 4 - nwarps * D) + warp * D;
+    // Decode (few rows): the warps left over prepare row 0's query heads while the others append
+    // the keys, saving the attention one dependent round of loads, norms and rotations.
+    const bool early_q = rows >= 1 && rows + G <= nwarps;
+    if (early_q && warp >= rows && warp < rows + G) {
+        const int32_t g = warp - rows;
+        mpk_attn_prepare_head(qkv + (int64_t)g * D, q_norm, inv_freq, row_pos[0], D, eps,
+                              (float *)mpk_dyn_smem() + g * D);
+    }
 
     // Every row's k and v first: a prefill chunk's rows attend to each other's positions.
     for (int32_t r = warp; r < rows; r += nwarps) {
@@ -274,7 +285,8 @@ MPK_DEV void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16
     for (int32_t r = 0; r < rows; r++) {
         const int32_t *pt = page_tables + (int64_t)entry_slot[row_entry[r]] * b->max_pages_per_request;
         mpk_attn_row(qkv + (int64_t)r * ld_qkv, k_cache, v_cache, q_norm, inv_freq, b, pt,
-                     row_pos[r], G, D, page_size, page_stride, eps, scale, out + (int64_t)r * ld_out);
+                     row_pos[r], G, D, page_size, page_stride, eps, scale, out + (int64_t)r * ld_out,
+                     r == 0 && early_q);
     }
 }
 
