@@ -12,6 +12,12 @@
 
 #define MPK_BATCH_MAX_EOS 8
 
+#if defined(__CUDA_ARCH__)
+#define MPK_BATCH_PUBLISH_FENCE() __threadfence_system()
+#else
+#define MPK_BATCH_PUBLISH_FENCE() ((void)0)  // the CPU runtime streams from the same thread
+#endif
+
 enum {
     MPK_BATCH_RUNNING = 0,    // a batch is ready: run the graph
     MPK_BATCH_DONE = 1,       // every request finished: terminate
@@ -221,6 +227,9 @@ static inline MPK_HD int32_t mpk_batch_prepare(mpk_batch *b, int32_t *tokens, in
             mpk_request_state *r = &req[s];
             int32_t token = output_ids[mpk_batch_entry_row_begin(b)[e + 1] - 1];
             tokens[(int64_t)s * b->max_seq_len + r->length] = token;
+            // The host may copy tokens and step while the megakernel runs (streaming): the
+            // token must be visible before the step that counts it.
+            MPK_BATCH_PUBLISH_FENCE();
             r->length++;
             step[s] = r->length;
             b->total_generated++;

@@ -17,6 +17,7 @@ MPK_CACHE_DIR=$PWD/build/gpucache build/test_gpu --compile > /dev/null 2>&1 || e
 # The megakernels of tests/gpu/bench.sh and tests/gpu/e2e.sh (same graphs as there, compile only).
 export MPK_CACHE_DIR=$PWD/build/gpucache
 make -s cli
+build/mpk compile --backend cuda --arch sm_90a > /dev/null 2>&1 || echo "prebuild default model failed"
 for m in qwen3-0.6b qwen3-1.7b qwen3-8b; do
     build/mpk compile --config $m --backend cuda --arch sm_90a > /dev/null 2>&1 || echo "prebuild $m failed"
 done

@@ -38,4 +38,17 @@ status=0
 timeout 500 build/test_gpu > "$OUT/test_gpu.log" 2>&1 || status=$?
 grep -v '^  \[mpk\]' "$OUT/test_gpu.log" | grep -v '^PASS' | tail -60
 echo "test_gpu exit status $status"
+
+# `mpk run` end to end on the GPU: the bundled model, tokens streamed while the kernel runs.
+if [ -x build/mpk ]; then
+    if build/mpk run -n 48 --backend cuda > "$OUT/run_cuda.txt" 2> "$OUT/run_cuda.err"; then
+        build/mpk run -n 48 --backend cpu > "$OUT/run_cpu.txt" 2> /dev/null
+        echo "ok   cli/run --backend cuda: $(head -c 100 "$OUT/run_cuda.txt" | tr '\n' ' ')"
+        grep -E "generation:" "$OUT/run_cuda.err" | sed 's/^/     /'
+        if cmp -s "$OUT/run_cuda.txt" "$OUT/run_cpu.txt"; then echo "     same text as the CPU backend"
+        else echo "     differs from the CPU backend (bf16 near-ties can; see run_cuda.txt, run_cpu.txt)"; fi
+    else
+        echo "FAIL cli/run --backend cuda"; tail -5 "$OUT/run_cuda.err"; status=1
+    fi
+fi
 exit $status

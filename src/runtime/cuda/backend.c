@@ -480,17 +480,47 @@ static mpk_status report_timeout(mpk_kernel *k, double waited, int exited) {
     return st;
 }
 
-// Launches and waits, polling with sleeps until done or the deadline.
-static mpk_status launch_and_wait(mpk_kernel *k, double t0) {
+// While the kernel runs: hands out the tokens generated so far. The step meta tensor (tokens per
+// row) is copied first; prepare_next_batch publishes each token before the step that counts it.
+static mpk_status stream_live(mpk_kernel *k, mpk_token_fn on_tokens, void *user, int32_t *reported) {
+    cuda_state *s = state_of(k);
+    mpk_batch *b = k->batch;
+    mpk_tensor *step_t = k->tensors[k->meta[MPK_META_STEP]];
+    mpk_tensor *tok_t = k->tensors[k->meta[MPK_META_TOKENS]];
+    int32_t *step = (int32_t *)step_t->host;
+    int32_t *tokens = (int32_t *)tok_t->host;
+    DEV(s->api.d2h(step, step_t->device, step_t->bytes), "streamed step");
+    for (int32_t r = 0; r < b->max_requests; r++) {
+        int32_t have = step[r];
+        if (reported[r] < 0 || have <= reported[r] || have > b->max_seq_len) continue;
+        int64_t row = (int64_t)r * b->max_seq_len;
+        DEV(s->api.d2h(tokens + row + reported[r], (const int32_t *)tok_t->device + row + reported[r],
+                       sizeof(int32_t) * (size_t)(have - reported[r])), "streamed tokens");
+        on_tokens(user, r, tokens + row + reported[r], have - reported[r], 0);
+        reported[r] = have;
+    }
+    return MPK_OK;
+}
+
+// Launches and waits, polling with sleeps until done or the deadline; with on_tokens, streams
+// the tokens generated so far every few milliseconds.
+static mpk_status launch_and_wait(mpk_kernel *k, double t0, mpk_token_fn on_tokens, void *user,
+                                  int32_t *reported) {
     cuda_state *s = state_of(k);
     int blocks = 0;
     DEV(s->api.launch(&s->args, &blocks), "launch");
     double timeout = k->params.timeout_s;
     long nap = 20;
+    double last_stream = now_s();
     for (;;) {
         int done = 0;
         DEV(s->api.poll(&done), "the megakernel");
         if (done) return MPK_OK;
+        if (on_tokens && now_s() - last_stream > 0.004) {
+            mpk_status st = stream_live(k, on_tokens, user, reported);
+            if (st) return st;
+            last_stream = now_s();
+        }
         double waited = now_s() - t0;
         if (timeout > 0 && waited > timeout) {
             *(volatile int32_t *)s->abort_host = MPK_DEV_ABORT_HOST;
@@ -602,7 +632,7 @@ static mpk_status cuda_run(mpk_kernel *k, mpk_token_fn on_tokens, void *user) {
     if (!st && s->api.h2d(a->batch, b, b->total_bytes)) st = dev_fail(k, 1, "batch upload");
     if (!st) st = meta_transfer(k, 1, MPK_META_TOKENS);
     if (!st) st = meta_transfer(k, 1, MPK_META_STEP);
-    if (!st) st = launch_and_wait(k, t0);
+    if (!st) st = launch_and_wait(k, t0, on_tokens, user, reported);
     if (!st) {
         mpk_dev_control c;
         memset(&c, 0, sizeof c);
@@ -614,7 +644,8 @@ static mpk_status cuda_run(mpk_kernel *k, mpk_token_fn on_tokens, void *user) {
         for (int m = 0; m < 4 && !st; m++) st = meta_transfer(k, 0, m);
         if (!st && k->params.profiling) st = read_profile(k, c.epoch_ns);
         if (!st) {
-            // Tokens are handed out after the launch (the kernel does not stop between tokens).
+            // The rest of the tokens, and which requests finished (streamed ones were handed out
+            // while the kernel ran).
             mpk_stream_tokens(b, k->tensors[k->meta[MPK_META_TOKENS]]->host, reported, on_tokens, user);
             mpk_run_stats *rs = &k->run_stats;
             rs->iterations = c.iterations;
