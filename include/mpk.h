@@ -307,7 +307,8 @@ mpk_status mpk_request_add(mpk_kernel *kernel, const int32_t *prompt, int32_t pr
                            int32_t *out_id);
 
 // Called from mpk_run on the host whenever tokens have been generated, when the backend can
-// stream (CPU: after each iteration; CUDA: from a polling thread). Tokens of a request arrive in
+// stream (CPU: after each iteration; CUDA: every few ms while the kernel runs, from the thread
+// that called mpk_run). Tokens of a request arrive in
 // order; `finished` is set on the last call for that request.
 typedef void (*mpk_token_fn)(void *user, int32_t request, const int32_t *tokens, int32_t count,
                              int finished);
