@@ -2,7 +2,9 @@
 # run.sh — the one GPU script: run ON THE GPU MACHINE from the repository root. Builds the
 # library and the tests, runs tests/gpu/test_gpu.c (every CUDA task kernel against the CPU
 # oracle, small models under every scheduling mode, run-to-run determinism, the forced-stall
-# report) and prints a short table last. Logs go to $OUT when set (else build/gpu-out).
+# report), then `mpk run --backend cuda` on the bundled model, and prints a short table last.
+# Logs go to $OUT when set (else build/gpu-out). Then tests/gpu/e2e.sh (whole models against
+# transformers) and tests/gpu/bench.sh (speed against torch.compile, profiles) in the same call.
 # The GPU machine's image lacks cJSON, PCRE2, utf8proc and Criterion: first run
 # `sh tests/gpu/deps.sh` on the development machine (copies the first three into build/gpudeps
 # and prebuilds the test megakernels into build/gpucache, so nvcc is skipped here), then
