@@ -217,9 +217,21 @@ struct mpk_plain_rows {
 // 1 / sqrt(mean(x^2) + eps) of one row, computed by one warp (all lanes get it).
 MPK_DEV float mpk_rms_scale_warp(const mpk_bf16 *x, int32_t H, float eps) {
     float s = 0.0f;
-    for (int32_t k = threadIdx.x % 32; k < H; k += 32) {
-        const float v = mpk_bf2f(x[k]);
-        s = fmaf(v, v, s);
+    const int lane = threadIdx.x % 32;
+    if (H % 8 == 0 && mpk_aligned16(x)) {
+        // 16-byte loads, all of a lane's in flight at once: the norm sits between a task's
+        // event and its first weight loads, so its latency is the task's.
+        for (int32_t k = lane * 8; k < H; k += 256) {
+            float f[8];
+            mpk_unpack8(mpk_ld16(x + k), f);
+#pragma unroll
+            for (int e = 0; e < 8; e++) s = fmaf(f[e], f[e], s);
+        }
+    } else {
+        for (int32_t k = lane; k < H; k += 32) {
+            const float v = mpk_bf2f(x[k]);
+            s = fmaf(v, v, s);
+        }
     }
     s = mpk_warp_sum(s);
     return 1.0f / sqrtf(s / (float)H + eps);
