@@ -95,6 +95,24 @@ static int bench_model(cli_opts *o, int32_t n_gen, int32_t n_prompt, int reps, r
     return 0;
 }
 
+// A JSON string's contents: quotes, backslashes and control characters escaped (into buf).
+static const char *json_escape(const char *in, char *buf, size_t cap) {
+    size_t o = 0;
+    for (; *in && o + 7 < cap; in++) {
+        unsigned char ch = (unsigned char)*in;
+        if (ch == '"' || ch == '\\') {
+            buf[o++] = '\\';
+            buf[o++] = (char)ch;
+        } else if (ch < 0x20) {
+            o += (size_t)snprintf(buf + o, cap - o, "\\u%04x", ch);
+        } else {
+            buf[o++] = (char)ch;
+        }
+    }
+    buf[o] = 0;
+    return buf;
+}
+
 int cmd_bench(int argc, char **argv) {
     cli_opts o;
     cli_opts_init(&o);
@@ -169,13 +187,16 @@ int cmd_bench(int argc, char **argv) {
         }
     } else {
         printf("[\n");
+        static char esc_model[8192], esc_device[512];
         for (int i = 0; i < nres; i++) {
             result *R = &res[i];
             printf("  {\"model\": \"%s\", \"size_gb\": %.4f, \"backend\": \"%s\", \"test\": \"%s\", \"ms_per_token\": %.4f, "
                    "\"tokens_per_s\": %.3f, \"tokens_per_s_sd\": %.3f, \"gb_per_s\": %.2f, \"pct_read_bw\": %.2f, "
                    "\"device\": \"%s\", \"read_bw_gb_per_s\": %.2f, \"version\": \"%s\"}%s\n",
-                   R->model, R->size_gb, R->backend, R->test, R->ms_per_token, R->tps, R->tps_sd, R->gbps, R->pct_bw,
-                   R->device, R->read_bw / 1e9, mpk_version(), i + 1 < nres ? "," : "");
+                   json_escape(R->model, esc_model, sizeof esc_model), R->size_gb, R->backend, R->test,
+                   R->ms_per_token, R->tps, R->tps_sd, R->gbps, R->pct_bw,
+                   json_escape(R->device, esc_device, sizeof esc_device), R->read_bw / 1e9, mpk_version(),
+                   i + 1 < nres ? "," : "");
         }
         printf("]\n");
     }
