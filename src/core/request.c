@@ -44,10 +44,10 @@ mpk_status mpk_request_add(mpk_kernel *k, const int32_t *prompt, int32_t prompt_
             break;
         }
     if (slot < 0) return mpk_fail(k, MPK_ERR_LIMIT, "request_add: all %d request slots are taken (raise max_requests or call mpk_request_clear)", b->max_requests);
-    int32_t vocab_limit = INT32_MAX;
+    // Ids past the vocabulary are the embedding's to handle (a zero row); negative ones are not ids.
     for (int32_t i = 0; i < prompt_len; i++)
-        if (prompt[i] < 0 || prompt[i] >= vocab_limit)
-            return mpk_fail(k, MPK_ERR_INVALID_ARG, "request_add: prompt token %d is negative", i);
+        if (prompt[i] < 0)
+            return mpk_fail(k, MPK_ERR_INVALID_ARG, "request_add: prompt token %d is negative (%d)", i, prompt[i]);
     int32_t *row = tokens_host(k) + (int64_t)slot * b->max_seq_len;
     memcpy(row, prompt, (size_t)prompt_len * sizeof *row);
     mpk_request_state *r = &req[slot];

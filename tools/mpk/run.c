@@ -30,9 +30,10 @@ static const char *run_usage =
     "  --chat                wrap the prompt in the model's chat template as a user message\n"
     "  --no-think            Qwen3 chat: close the <think> block empty (default: thinking on)\n";
 
-static int parse_gen(gen_opts *g, cli_opts *o, int argc, char **argv, const char *usage) {
+static int parse_gen(gen_opts *g, cli_opts *o, int argc, char **argv, const char *usage,
+                     int32_t default_n) {
     memset(g, 0, sizeof *g);
-    g->n_predict = 64;
+    g->n_predict = default_n;
     g->sampling = mpk_sampling_default_params();
     g->think = 1;
     for (int i = 1; i < argc; i++) {
@@ -217,7 +218,7 @@ int cmd_run(int argc, char **argv) {
     cli_opts o;
     cli_opts_init(&o);
     gen_opts g;
-    int r = parse_gen(&g, &o, argc, argv, run_usage);
+    int r = parse_gen(&g, &o, argc, argv, run_usage, 64);
     if (r) return r < 0 ? 2 : 0;
     prompt_list pl = {0};
     if (g.prompt_file) {
@@ -296,9 +297,8 @@ int cmd_chat(int argc, char **argv) {
     cli_opts o;
     cli_opts_init(&o);
     gen_opts g;
-    int r = parse_gen(&g, &o, argc, argv, chat_usage);
+    int r = parse_gen(&g, &o, argc, argv, chat_usage, 512);
     if (r) return r < 0 ? 2 : 0;
-    if (g.n_predict == 64) g.n_predict = 512;
     cli_engine e;
     if (cli_engine_open(&e, &o, 1)) return 1;
     if (!e.tok || e.chat == MPK_CHAT_TEMPLATE_UNKNOWN) {

@@ -45,6 +45,7 @@ static inline void cpu_relax(void) {
 // ---- runtime state -----------------------------------------------------------------------------
 
 #define ENTRY_TERMINATE 0xffffffffu
+#define ENTRY_ITERATION 0xfffffffeu  // run this worker's share of the iteration (its static list)
 
 // Multi-producer single-consumer ring. A slot holds entry + 1 (0 = empty). Its capacity bounds
 // what one iteration can dispatch to one consumer, and an iteration only begins after every task
@@ -86,7 +87,7 @@ typedef struct cpu_rt {
     mpk_status status;
     char error[512];
     int64_t stall_event;            // test hook MPK_TEST_STALL_EVENT: its triggers are dropped
-    uint64_t rr;                    // round-robin cursor for JIT dispatch (scheduler 0)
+    uint64_t rr;                    // round-robin cursor for begin events' JIT tasks (scheduler 0 only)
     mpk_token_fn on_tokens;
     void *user;
     int32_t *reported;
@@ -125,10 +126,9 @@ static int wait_ge(cpu_rt *rt, _Atomic uint64_t *word, uint64_t target) {
     }
 }
 
-static void queue_push(cpu_rt *rt, cpu_queue *q, uint64_t entry) {
+static void queue_push(cpu_queue *q, uint64_t entry) {
     uint64_t i = atomic_fetch_add_explicit(&q->tail, 1, memory_order_relaxed);
     atomic_store_explicit(&q->slots[i % q->cap], entry + 1, memory_order_release);
-    (void)rt;
 }
 
 // Pops the next entry; returns 0 when the run was stopped.
@@ -184,15 +184,16 @@ static int begin_iteration(cpu_rt *rt) {
     uint64_t it = (uint64_t)b->iteration;
     const mpk_graph *g = &k->graph;
     if (rt->S > 0 && !k->params.jit_dispatch) {
-        // Ahead of time: every task of the iteration, in graph order, round-robin.
-        for (int32_t i = 0; i < g->num_tasks; i++)
-            queue_push(rt, &rt->wq[i % rt->W], (it << 32) | (uint32_t)i);
+        // Ahead of time: every task of the iteration, in graph order, round-robin. The
+        // round-robin shares are the compile-time lists, so one entry per worker hands a worker
+        // its whole share (as on the GPU) instead of one push per task.
+        for (int32_t w = 0; w < rt->W; w++) queue_push(&rt->wq[w], (it << 32) | ENTRY_ITERATION);
     }
     for (int32_t e = 0; e < g->num_begin_events; e++) {
         atomic_fetch_add_explicit(&rt->counters[e], 1, memory_order_release);
         if (rt->S > 0 && (g->events[e].flags & MPK_EVENT_FLAG_JIT))
             for (uint32_t i = g->events[e].first_task; i < g->events[e].last_task; i++)
-                queue_push(rt, &rt->wq[rt->rr++ % (uint64_t)rt->W], (it << 32) | i);
+                queue_push(&rt->wq[rt->rr++ % (uint64_t)rt->W], (it << 32) | i);
     }
     wake(rt);
     return 1;
@@ -207,9 +208,9 @@ static void trigger(cpu_rt *rt, const mpk_task_desc *d, uint64_t it) {
         const mpk_event_desc *ev = &g->events[e];
         if (old + 1 != (uint64_t)ev->num_triggers * it || rt->S == 0) continue;
         if (ev->flags & MPK_EVENT_FLAG_END)
-            queue_push(rt, &rt->sq[0], (it << 32) | e);
+            queue_push(&rt->sq[0], (it << 32) | e);
         else if (ev->flags & MPK_EVENT_FLAG_JIT)
-            queue_push(rt, &rt->sq[e % (uint32_t)rt->S], (it << 32) | e);
+            queue_push(&rt->sq[e % (uint32_t)rt->S], (it << 32) | e);
     }
     wake(rt);
 }
@@ -255,9 +256,15 @@ static void *worker_dynamic(void *arg) {
     cpu_thread *th = arg;
     cpu_rt *rt = th->rt;
     uint64_t entry;
+    const mpk_graph *g = &rt->k->graph;
     while (queue_pop(rt, &rt->wq[th->id], &entry)) {
         uint32_t task = (uint32_t)entry;
         if (task == ENTRY_TERMINATE) break;
+        if (task == ENTRY_ITERATION) {
+            for (int32_t i = g->worker_task_begin[th->id]; i < g->worker_task_begin[th->id + 1]; i++)
+                if (!execute(th, g->worker_tasks[i], entry >> 32)) return NULL;
+            continue;
+        }
         if (!execute(th, (int32_t)task, entry >> 32)) break;
     }
     return NULL;
@@ -269,6 +276,9 @@ static void *scheduler(void *arg) {
     const mpk_graph *g = &rt->k->graph;
     int32_t id = th->id - rt->W;
     if (id == 0 && !begin_iteration(rt)) return NULL;
+    // Each scheduler deals its events' tasks from its own cursor: rt->rr belongs to the thread
+    // that begins iterations (scheduler 0).
+    uint64_t cursor = (uint64_t)id;
     uint64_t entry;
     while (queue_pop(rt, &rt->sq[id], &entry)) {
         uint32_t e = (uint32_t)entry;
@@ -278,7 +288,7 @@ static void *scheduler(void *arg) {
             continue;
         }
         for (uint32_t i = g->events[e].first_task; i < g->events[e].last_task; i++)
-            queue_push(rt, &rt->wq[(rt->rr++ + (uint64_t)id) % (uint64_t)rt->W], (it << 32) | i);
+            queue_push(&rt->wq[cursor++ % (uint64_t)rt->W], (it << 32) | i);
         wake(rt);
     }
     return NULL;
