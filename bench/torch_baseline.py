@@ -6,48 +6,30 @@
 #
 #   python3 bench/torch_baseline.py [qwen3-0.6b qwen3-1.7b qwen3-8b llama-3.2-1b] [--tokens 128]
 import argparse
+import importlib.util
 import json
+import os
 import statistics
 import time
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
+from transformers import AutoModelForCausalLM
 
-V5 = int(transformers.__version__.split(".")[0]) >= 5
-DTYPE_KW = "dtype" if V5 else "torch_dtype"
-
-
-def rope(theta, scaling=None):
-    p = {"rope_type": "default", "rope_theta": theta}
-    if scaling:
-        p.update(scaling)
-    if V5:
-        return {"rope_parameters": p}
-    d = {"rope_theta": theta}
-    if scaling:
-        d["rope_scaling"] = scaling
-    return d
+# The configs, and the dtype keyword of this transformers version, come from the GPU test script
+# that writes the end-to-end reference models, so both measure the same models.
+_spec = importlib.util.spec_from_file_location(
+    "make_real_models", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "gpu", "make_real_models.py"))
+_real = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_real)
+DTYPE_KW = _real.mm.DTYPE_KW
 
 
 def config(name):
-    q = dict(vocab_size=151936, head_dim=128, rms_norm_eps=1e-6, max_position_embeddings=40960, **rope(1e6))
-    if name == "qwen3-0.6b":
-        return Qwen3Config(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                           num_key_value_heads=8, tie_word_embeddings=True, **q)
-    if name == "qwen3-1.7b":
-        return Qwen3Config(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-                           num_key_value_heads=8, tie_word_embeddings=True, **q)
-    if name == "qwen3-8b":
-        return Qwen3Config(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-                           num_key_value_heads=8, tie_word_embeddings=False, **q)
-    if name == "llama-3.2-1b":
-        return LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                           num_attention_heads=32, num_key_value_heads=8, head_dim=64, rms_norm_eps=1e-5,
-                           max_position_embeddings=131072, tie_word_embeddings=True,
-                           **rope(500000.0, {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}))
-    raise SystemExit(f"unknown model {name}")
+    configs = _real.real_configs()
+    if name not in configs:
+        raise SystemExit(f"unknown model {name} (known: {', '.join(configs)})")
+    return configs[name]
 
 
 @torch.no_grad()

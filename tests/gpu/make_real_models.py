@@ -28,11 +28,15 @@ NEW_TOKENS = 32
 
 
 def real_configs():
+    """The real configs (numbers from each model's config.json); bench/torch_baseline.py uses them too."""
     qwen_common = dict(vocab_size=151936, head_dim=128, rms_norm_eps=1e-6, max_position_embeddings=40960,
                        bos_token_id=151643, eos_token_id=151645, hidden_act="silu",
                        **mm.rope_kwargs(1000000.0))
     return {
         "qwen3-0.6b": Qwen3Config(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                                  num_attention_heads=16, num_key_value_heads=8,
+                                  tie_word_embeddings=True, **qwen_common),
+        "qwen3-1.7b": Qwen3Config(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
                                   num_attention_heads=16, num_key_value_heads=8,
                                   tie_word_embeddings=True, **qwen_common),
         "qwen3-8b": Qwen3Config(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
@@ -84,7 +88,7 @@ def references(model, prompts):
 
 def main():
     out_root = sys.argv[1]
-    names = sys.argv[2:] or list(real_configs())
+    names = sys.argv[2:] or ["qwen3-0.6b", "llama-3.2-1b", "qwen3-8b"]
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     for name in names:
