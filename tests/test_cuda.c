@@ -100,6 +100,13 @@ Test(cuda, compile_only_build_cache_and_refused_run, .timeout = 300) {
     k = small_graph(MPK_BACKEND_CUDA, "compute_xx", cache, w);
     cr_expect_eq(mpk_compile(k), MPK_ERR_INVALID_ARG);
     mpk_kernel_free(k);
+    // Extra nvcc flags that the shell would misread are refused by name.
+    setenv("MPK_NVCC_FLAGS", "-DX='1'", 1);
+    k = small_graph(MPK_BACKEND_CUDA, "sm_90a", cache, w);
+    cr_expect_eq(mpk_compile(k), MPK_ERR_INVALID_ARG);
+    cr_expect(strstr(mpk_last_error(k), "MPK_NVCC_FLAGS"), "message: %s", mpk_last_error(k));
+    mpk_kernel_free(k);
+    unsetenv("MPK_NVCC_FLAGS");
     char cmd[256];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", cache);
     cr_expect_eq(system(cmd), 0);

@@ -59,8 +59,13 @@ typedef struct mpk_task_desc {
     // L2 before the task's event fires: prefetch_bytes of operand[prefetch_operand] (0: none).
     uint32_t prefetch_bytes;
     uint16_t prefetch_operand;
-    uint16_t reserved16;
-    uint64_t reserved[2];
+    // Set by a backend that streams weights through on-chip buffers (CUDA: stream.cuh): the
+    // prefetch_bytes are read as stream_chunks chunks of stream_chunk_bytes (the last may be
+    // shorter), each a whole number of weight rows. 0 chunks: the task reads its weights itself.
+    uint16_t stream_chunks;
+    uint32_t stream_chunk_bytes;
+    uint32_t wait_count;      // num_triggers of wait_event (set by the CUDA backend; 0: none)
+    uint64_t reserved[1];
 } mpk_task_desc;
 
 MPK_STATIC_ASSERT(sizeof(mpk_task_desc) == 128, "task descriptor is 128 bytes");

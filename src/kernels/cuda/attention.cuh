@@ -36,6 +36,56 @@ MPK_DEV void mpk_attn_prepare_head(const mpk_bf16 *x, const mpk_bf16 *norm_w,
     }
 }
 
+// mpk_attn_prepare_head for D = 32 * ND (the real head sizes), every operand loaded up front in
+// one round: lane holds elements d = lane + 32 i, so both halves of each RoPE pair (d, d + D/2)
+// are the lane's own and the head never leaves registers until it is stored. Same operations
+// and rounding points as the general version.
+template <int ND>
+MPK_DEV void mpk_attn_prepare_head_reg(const mpk_bf16 *x, const mpk_bf16 *norm_w,
+                                       const float *inv_freq, int32_t pos, float eps, float *dst) {
+    const int lane = threadIdx.x % 32;
+    float v[ND], nw[ND], fr[ND / 2 > 0 ? ND / 2 : 1];
+#pragma unroll
+    for (int i = 0; i < ND; i++) {
+        v[i] = mpk_bf2f(x[lane + 32 * i]);
+        nw[i] = norm_w ? mpk_bf2f(norm_w[lane + 32 * i]) : 1.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < ND / 2; i++) fr[i] = inv_freq ? inv_freq[lane + 32 * i] : 0.0f;
+    if (norm_w) {
+        float ss = 0.0f;
+#pragma unroll
+        for (int i = 0; i < ND; i++) ss = fmaf(v[i], v[i], ss);
+        const float scale = 1.0f / sqrtf(mpk_warp_sum(ss) / (float)(32 * ND) + eps);
+#pragma unroll
+        for (int i = 0; i < ND; i++) v[i] = mpk_rms_elem(v[i], scale, nw[i]);
+    }
+    if (inv_freq) {
+#pragma unroll
+        for (int i = 0; i < ND / 2; i++) {
+            float sn, cs;
+            sincosf((float)pos * fr[i], &sn, &cs);
+            const float x1 = v[i], x2 = v[i + ND / 2];
+            v[i] = mpk_round_bf(x1 * cs - x2 * sn);
+            v[i + ND / 2] = mpk_round_bf(x2 * cs + x1 * sn);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < ND; i++) dst[lane + 32 * i] = v[i];
+    __syncwarp();
+}
+
+// One head into dst (D floats of shared memory), by one warp.
+MPK_DEV void mpk_attn_prepare(const mpk_bf16 *x, const mpk_bf16 *norm_w, const float *inv_freq,
+                              int32_t pos, int32_t D, float eps, float *dst) {
+    if (D == 128)
+        mpk_attn_prepare_head_reg<4>(x, norm_w, inv_freq, pos, eps, dst);
+    else if (D == 64)
+        mpk_attn_prepare_head_reg<2>(x, norm_w, inv_freq, pos, eps, dst);
+    else
+        mpk_attn_prepare_head(x, norm_w, inv_freq, pos, D, eps, dst);
+}
+
 // Offset of position p in this head's cache, or -1 when the batch does not map it.
 MPK_DEV int64_t mpk_attn_cache_offset(const mpk_batch *b, const int32_t *page_table, int32_t p,
                                       int32_t D, int32_t page_size, int64_t page_stride) {
@@ -68,13 +118,17 @@ MPK_DEV void mpk_attn_chunk_grouped(const float *qs, const mpk_bf16 *k_cache, co
     }
     for (int32_t t = t0; t < t1; t += 4) {
         int64_t off[4];
-        float kf[4][ND];
+        float kf[4][ND], vv[4][ND];
+        // Keys and values of the four positions in one round of loads (the values do not wait
+        // for the scores).
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             off[j] = t + j < t1 ? mpk_attn_cache_offset(b, pt, t + j, D, page_size, page_stride) : -1;
 #pragma unroll
-            for (int i = 0; i < ND; i++)
+            for (int i = 0; i < ND; i++) {
                 kf[j][i] = off[j] >= 0 ? mpk_bf2f(k_cache[off[j] + lane + 32 * i]) : 0.0f;
+                vv[j][i] = off[j] >= 0 ? mpk_bf2f(v_cache[off[j] + lane + 32 * i]) : 0.0f;
+            }
         }
         float sc[4][4];
 #pragma unroll
@@ -89,9 +143,7 @@ MPK_DEV void mpk_attn_chunk_grouped(const float *qs, const mpk_bf16 *k_cache, co
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             if (off[j] < 0) continue;
-            float vf[ND];
-#pragma unroll
-            for (int i = 0; i < ND; i++) vf[i] = mpk_bf2f(v_cache[off[j] + lane + 32 * i]);
+            const float *vf = vv[j];
 #pragma unroll
             for (int g = 0; g < 4; g++) {
                 const float sj = sc[j][g];
@@ -124,7 +176,8 @@ MPK_DEV void mpk_attn_chunk_grouped(const float *qs, const mpk_bf16 *k_cache, co
 // the head dimension: element d = lane + 32 i; a score is one warp reduction), and leaves
 // (max, sum, acc[D]) in shared memory; then the chunks of each head are combined.
 // Shared memory (dynamic): q (G, D) floats, then units (G * C, D + 2) floats.
-MPK_DEV void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf16 *k_cache,
+// Not inlined: keeps its registers out of the GEMV variants' allocation (spills).
+__device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf16 *k_cache,
                           const mpk_bf16 *v_cache, const mpk_bf16 *q_norm, const float *inv_freq,
                           const mpk_batch *b, const int32_t *pt, int32_t pos, int32_t G, int32_t D,
                           int32_t page_size, int64_t page_stride, float eps, float scale,
@@ -139,7 +192,7 @@ MPK_DEV void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf16 *k_cache,
     if (C > pos + 1) C = pos + 1;
     if (!q_ready) {
         for (int32_t g = warp; g < G; g += nwarps)
-            mpk_attn_prepare_head(qkv_row + (int64_t)g * D, q_norm, inv_freq, pos, D, eps, qs + g * D);
+            mpk_attn_prepare(qkv_row + (int64_t)g * D, q_norm, inv_freq, pos, D, eps, qs + g * D);
         __syncthreads();
     }
     const int32_t nd = (D + 31) / 32;
@@ -239,7 +292,8 @@ MPK_DEV void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf16 *k_cache,
     __syncthreads();  // qs and units are reused by the next row
 }
 
-MPK_DEV void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache,
+// Not inlined: keeps its registers out of the GEMV variants' allocation (spills).
+__device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache,
                                 const mpk_bf16 *q_norm, const mpk_bf16 *k_norm,
                                 const float *inv_freq, mpk_bf16 *out, const mpk_batch *b,
                                 int32_t G, int32_t D, int32_t ld_qkv, int32_t ld_out,
@@ -263,8 +317,8 @@ MPK_DEV void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16
     const bool early_q = rows >= 1 && rows + G <= nwarps;
     if (early_q && warp >= rows && warp < rows + G) {
         const int32_t g = warp - rows;
-        mpk_attn_prepare_head(qkv + (int64_t)g * D, q_norm, inv_freq, row_pos[0], D, eps,
-                              (float *)mpk_dyn_smem() + g * D);
+        mpk_attn_prepare(qkv + (int64_t)g * D, q_norm, inv_freq, row_pos[0], D, eps,
+                         (float *)mpk_dyn_smem() + g * D);
     }
 
     // Every row's k and v first: a prefill chunk's rows attend to each other's positions.
@@ -273,7 +327,7 @@ MPK_DEV void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16
         const int64_t off = mpk_attn_cache_offset(b, pt, row_pos[r], D, page_size, page_stride);
         if (off < 0) continue;
         const mpk_bf16 *k = qkv + (int64_t)r * ld_qkv + (int64_t)G * D;  // (D), then v (D)
-        mpk_attn_prepare_head(k, k_norm, inv_freq, row_pos[r], D, eps, buf);
+        mpk_attn_prepare(k, k_norm, inv_freq, row_pos[r], D, eps, buf);
         for (int32_t d = lane; d < D; d += 32) {
             k_cache[off + d] = mpk_f2bf(buf[d]);
             v_cache[off + d] = k[D + d];

@@ -115,6 +115,7 @@ MPK_DEV mpk_argmax_pair mpk_block_argmax(mpk_argmax_pair p, mpk_argmax_pair *scr
 struct mpk_task_smem {
     float f[MPK_SCRATCH_FLOATS];
     float red[32];
+    float warp_part[32];  // per-warp partial sums (the one-pass norm staging)
     mpk_argmax_pair pairs[32];
 };
 
@@ -123,9 +124,12 @@ MPK_DEV mpk_task_smem *mpk_smem() {
     return &s;
 }
 
-// Dynamic shared memory every task may use whole (staged GEMV inputs, attention partials);
-// the launch asks for MPK_DYN_SMEM_BYTES of it.
+// Dynamic shared memory every task may use whole (staged GEMV inputs, attention partials).
+// The launch asks for this plus the weight stream's ring (MPK_STREAM_RING_BYTES, stream.cuh),
+// which sits after it and which task bodies only read through stream.cuh.
+#ifndef MPK_DYN_SMEM_BYTES
 #define MPK_DYN_SMEM_BYTES (128 * 1024)
+#endif
 MPK_DEV uint4 *mpk_dyn_smem() {
     extern __shared__ uint4 mpk_dyn_smem_area[];
     return mpk_dyn_smem_area;

@@ -5,6 +5,7 @@
 #define MPK_KERNELS_CUDA_LINEAR_CUH
 
 #include "common.cuh"
+#include "stream.cuh"
 
 // ---- the shared product -------------------------------------------------------------------------
 //
@@ -19,8 +20,23 @@
 //   stage(r0, nr, xs, ldk)  block-wide: rows [r0, r0 + nr) into xs[(r - r0) * ldk + k], bf16
 //   load8(r, k, f[8]) / load1(r, k) / prologue(r0, nr): the direct path, for inputs that do not
 //   fit the staging area or are not 16-byte aligned (weights are read once per row tile there).
+// MPK_GEMV_OUTLINE marks the loops that do not depend on the input kind. Inlined (the default)
+// each variant gets its own copy specialised on its shape constants; -DMPK_GEMV_OUTLINE=__noinline__
+// keeps one copy for all, which halves the generated kernel's compile time but was measured
+// 5-20% slower per token on the H100 (bench/NOTES.md, v6).
+#ifndef MPK_GEMV_OUTLINE
+#define MPK_GEMV_OUTLINE __forceinline__
+#endif
+#ifndef MPK_PROBE_NO_COMPUTE
+#define MPK_PROBE_NO_COMPUTE 0  // probe only: streamed GEMVs wait for their chunks, compute nothing
+#endif
+#ifndef MPK_NORM_ONE_PASS
+#define MPK_NORM_ONE_PASS 0  // 1: rmsnorm_linear stages decode rows in one round of loads (measured slower)
+#endif
 #define MPK_GEMV_ROWS 4
+#ifndef MPK_GEMV_UNROLL
 #define MPK_GEMV_UNROLL 4
+#endif
 #define MPK_GEMV_STAGE_ELEMS (MPK_DYN_SMEM_BYTES / 2)
 
 MPK_DEV void mpk_fma8(float &acc, const uint4 xv, const float wf[8]) {
@@ -35,7 +51,7 @@ MPK_DEV void mpk_fma8(float &acc, const uint4 xv, const float wf[8]) {
 // share a column pair, each taking every ks-th 256-element block of K; their partial sums meet in
 // shared memory and are added in a fixed order (results repeat run to run; they depend on ks, so
 // on the task's width).
-MPK_DEV void mpk_gemv_staged_tile(const mpk_bf16 *xs, int32_t ldk, int32_t r0, int32_t nr,
+__device__ MPK_GEMV_OUTLINE void mpk_gemv_staged_tile(const mpk_bf16 *xs, int32_t ldk, int32_t r0, int32_t nr,
                                   const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf16 *out,
                                   int32_t K, int32_t n, int32_t ld_w, int32_t ld_res,
                                   int32_t ld_out) {
@@ -116,7 +132,7 @@ MPK_DEV void mpk_gemv_staged_tile(const mpk_bf16 *xs, int32_t ldk, int32_t r0, i
 }
 
 template <class XRows>
-MPK_DEV void mpk_gemv_direct(XRows &xr, const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf16 *out,
+__device__ MPK_GEMV_OUTLINE void mpk_gemv_direct(XRows &xr, const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf16 *out,
                              int32_t rows, int32_t K, int32_t n, int32_t ld_w, int32_t ld_res,
                              int32_t ld_out, bool vec) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
@@ -172,10 +188,123 @@ MPK_DEV void mpk_gemv_direct(XRows &xr, const mpk_bf16 *w, const mpk_bf16 *res, 
     }
 }
 
+// The chunk loop of mpk_gemv_streamed: one copy for all variants (not inlined, not specialised
+// on the shape), which keeps the generated kernel's compile time down at no measurable cost.
+__device__ MPK_GEMV_OUTLINE void mpk_gemv_stream_chunks(const mpk_bf16 *xs, float *part, const float *resv,
+                                                    bool res_staged, const mpk_bf16 *res, mpk_bf16 *out,
+                                                    int32_t rows, int32_t K, int32_t n, int32_t ld_res,
+                                                    int32_t ld_out, int32_t rpc) {
+    mpk_stream *s = mpk_stream_state();
+    const uint32_t chunks = mpk_stream_task_chunks(s);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    const uint32_t first = s->task_first;
+    const int32_t blocks = (K + 255) / 256;
+    for (uint32_t c = 0; c < chunks; c++) {
+        const int32_t j0 = (int32_t)c * rpc, rc = min(rpc, n - j0);
+        int32_t ks = 1;
+        while (ks * 2 <= nwarps && rc * ks * 2 <= nwarps && ks * 2 <= blocks) ks *= 2;
+        const int32_t seg = warp % ks, step = 256 * ks;
+        float *pc = part + (c & 1u) * nwarps * rows;
+        mpk_stream_wait(s, first + c);
+        const mpk_bf16 *ws = mpk_stream_slot(first + c);  // (rc, K)
+        for (int32_t r0 = 0; r0 < (MPK_PROBE_NO_COMPUTE ? 0 : rows); r0 += MPK_GEMV_ROWS) {
+            const int32_t nr = min(MPK_GEMV_ROWS, rows - r0);
+            for (int32_t jj = warp / ks; jj < rc; jj += nwarps / ks) {
+                const mpk_bf16 *wr = ws + (int64_t)jj * K;
+                float acc[MPK_GEMV_ROWS];
+#pragma unroll
+                for (int r = 0; r < MPK_GEMV_ROWS; r++) acc[r] = 0.0f;
+                for (int32_t kb = lane * 8 + 256 * seg; kb < K; kb += step * MPK_GEMV_UNROLL) {
+                    uint4 wv[MPK_GEMV_UNROLL];
+#pragma unroll
+                    for (int u = 0; u < MPK_GEMV_UNROLL; u++)
+                        if (kb + u * step < K) wv[u] = *(const uint4 *)(wr + kb + u * step);
+#pragma unroll
+                    for (int u = 0; u < MPK_GEMV_UNROLL; u++) {
+                        const int32_t k = kb + u * step;
+                        if (k >= K) break;
+                        float wf[8];
+                        mpk_unpack8(wv[u], wf);
+#pragma unroll
+                        for (int r = 0; r < MPK_GEMV_ROWS; r++) {
+                            if (r >= nr) break;
+                            mpk_fma8(acc[r], *(const uint4 *)(xs + (int64_t)(r0 + r) * K + k), wf);
+                        }
+                    }
+                }
+#pragma unroll
+                for (int r = 0; r < MPK_GEMV_ROWS; r++) acc[r] = mpk_warp_sum(acc[r]);
+                if (lane == 0) {
+                    for (int r = 0; r < nr; r++) {
+                        const int32_t row = r0 + r;
+                        if (ks > 1) {
+                            pc[((int64_t)seg * rows + row) * rc + jj] = acc[r];
+                            continue;
+                        }
+                        float v = acc[r];
+                        if (res) v += res_staged ? resv[row * n + j0 + jj] : mpk_bf2f(res[(int64_t)row * ld_res + j0 + jj]);
+                        out[(int64_t)row * ld_out + j0 + jj] = mpk_f2bf(v);
+                    }
+                }
+            }
+        }
+        __syncthreads();  // the chunk's slot is read; its partial sums are written
+        if (threadIdx.x == 0) mpk_stream_release(s);
+        if (ks > 1) {
+            for (int32_t i = threadIdx.x; i < rows * rc; i += blockDim.x) {
+                const int32_t row = i / rc, jj = i % rc;
+                float v = 0.0f;
+                for (int32_t g = 0; g < ks; g++) v += pc[((int64_t)g * rows + row) * rc + jj];
+                if (res) v += res_staged ? resv[row * n + j0 + jj] : mpk_bf2f(res[(int64_t)row * ld_res + j0 + jj]);
+                out[(int64_t)row * ld_out + j0 + jj] = mpk_f2bf(v);
+            }
+        }
+    }
+}
+
+// The product with the task's weights coming from the block's weight stream (stream.cuh): the
+// input rows are staged once, then each chunk of whole weight rows is multiplied as soon as it is
+// in shared memory and its slot handed back to the producer. Within a chunk of rc columns, ks
+// warps share a column (each taking every ks-th 256-element block of K, as in the staged tile
+// above) so that all warps work even on one 24 KB row; partial sums meet in shared memory
+// (double-buffered by chunk parity, so chunk c + 1 is computed while chunk c's are added up) in
+// a fixed order. False when the task has no stream or its rows do not fit: the caller reads the
+// weights itself and the runtime drains the task's chunks afterwards.
+template <class XRows>
+MPK_DEV bool mpk_gemv_streamed(XRows &xr, const mpk_bf16 *res, mpk_bf16 *out, int32_t rows,
+                               int32_t K, int32_t n, int32_t ld_res, int32_t ld_out) {
+    mpk_stream *s = mpk_stream_state();
+    const uint32_t chunks = mpk_stream_task_chunks(s);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    if (chunks == 0 || rows < 1 || K < 8 || K % 8 != 0 || !xr.vec_ok()) return false;
+    if (rows > MPK_GEMV_STAGE_ELEMS / K || 2 * nwarps * rows > MPK_SCRATCH_FLOATS) return false;
+    const int32_t rpc = (int32_t)(s->desc->stream_chunk_bytes / (2u * (uint32_t)K));  // columns per chunk
+    if (rpc < 1 || (uint32_t)rpc * 2u * (uint32_t)K != s->desc->stream_chunk_bytes ||
+        (int64_t)(chunks - 1) * rpc >= n || (int64_t)chunks * rpc < n)
+        return false;  // not the layout the host promised: never happens, but stay correct
+    mpk_bf16 *xs = (mpk_bf16 *)mpk_dyn_smem();  // (rows, K)
+    float *part = mpk_smem()->f;                  // 2 x (ks, rows, rc) partial sums
+    float *resv = part + 2 * nwarps * rows;       // (rows, n) the residual, when it fits
+    const bool res_staged = res && (int64_t)2 * nwarps * rows + (int64_t)rows * n <= MPK_SCRATCH_FLOATS;
+    for (int32_t r0 = 0; r0 < rows; r0 += MPK_GEMV_ROWS) {  // tiles: a norm's scales are per tile
+        if (r0 > 0) __syncthreads();
+        xr.stage(r0, min(MPK_GEMV_ROWS, rows - r0), xs + (int64_t)r0 * K, K);
+    }
+    if (res_staged)
+        for (int32_t i = threadIdx.x; i < rows * n; i += blockDim.x)
+            resv[i] = mpk_bf2f(res[(int64_t)(i / n) * ld_res + i % n]);
+    __syncthreads();
+    mpk_gemv_stream_chunks(xs, part, resv, res_staged, res, out, rows, K, n, ld_res, ld_out, rpc);
+    return true;
+}
+
 template <class XRows>
 MPK_DEV void mpk_gemv(XRows &xr, const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf16 *out,
                       int32_t rows, int32_t K, int32_t n, int32_t ld_w, int32_t ld_res,
                       int32_t ld_out) {
+#if MPK_STREAM_SLOTS > 0
+    if (mpk_gemv_streamed(xr, res, out, rows, K, n, ld_res, ld_out)) return;
+#endif
     const bool vec = (K % 8 == 0) && (ld_w % 8 == 0) && mpk_aligned16(w) && xr.vec_ok();
     const int32_t cap = K > 0 ? MPK_GEMV_STAGE_ELEMS / K : 0;  // rows the staging area holds
     if (!vec || cap < 1) {
@@ -240,6 +369,15 @@ MPK_DEV float mpk_rms_scale_warp(const mpk_bf16 *x, int32_t H, float eps) {
 // The normalised element exactly as the CPU computes it (matvec.h: mpk_cpu_rms_elem).
 MPK_DEV float mpk_rms_elem(float x, float scale, float w) { return mpk_round_bf(x * scale * w); }
 
+MPK_DEV uint4 mpk_norm_pack8(const float f[8], float s, const float nw[8]) {
+    uint4 v;
+    v.x = mpk_pack2(mpk_rms_elem(f[0], s, nw[0]), mpk_rms_elem(f[1], s, nw[1]));
+    v.y = mpk_pack2(mpk_rms_elem(f[2], s, nw[2]), mpk_rms_elem(f[3], s, nw[3]));
+    v.z = mpk_pack2(mpk_rms_elem(f[4], s, nw[4]), mpk_rms_elem(f[5], s, nw[5]));
+    v.w = mpk_pack2(mpk_rms_elem(f[6], s, nw[6]), mpk_rms_elem(f[7], s, nw[7]));
+    return v;
+}
+
 struct mpk_norm_rows {
     const mpk_bf16 *x;       // (rows, ld_x)
     const mpk_bf16 *norm_w;  // (K)
@@ -255,6 +393,31 @@ struct mpk_norm_rows {
         }
         __syncthreads();
     }
+    // Decode's case (every 8 elements of the tile's rows one thread, whole warps per row): one
+    // round of loads gives both the sums of squares and the values to scale, so the task's
+    // input costs one memory latency after its event instead of two.
+    MPK_DEV void stage_one_pass(int32_t r0, int32_t nr, mpk_bf16 *xs) {
+        const int32_t per = K / 8, i = threadIdx.x, warp = threadIdx.x / 32;
+        const bool mine = i < nr * per;
+        const int32_t r = mine ? i / per : 0, k = (i % per) * 8;
+        float f[8], nw[8], ss = 0.0f;
+        if (mine) {
+            mpk_unpack8(mpk_ld16(x + (int64_t)(r0 + r) * ld_x + k), f);
+            mpk_unpack8(mpk_ld16(norm_w + k), nw);
+#pragma unroll
+            for (int e = 0; e < 8; e++) ss = fmaf(f[e], f[e], ss);
+        }
+        ss = mpk_warp_sum(ss);
+        float *wp = mpk_smem()->warp_part;
+        if (threadIdx.x % 32 == 0) wp[warp] = ss;
+        __syncthreads();
+        if (!mine) return;
+        const int32_t wpr = per / 32;  // warps per row
+        float sum = 0.0f;
+        for (int32_t j = 0; j < wpr; j++) sum += wp[r * wpr + j];
+        const float scale = 1.0f / sqrtf(sum / (float)K + eps);
+        *(uint4 *)(xs + (int64_t)r * K + k) = mpk_norm_pack8(f, scale, nw);
+    }
     MPK_DEV void load8(int32_t r, int32_t k, float f[8]) const {
         float nw[8];
         mpk_unpack8(mpk_ld16(x + (int64_t)r * ld_x + k), f);
@@ -268,20 +431,18 @@ struct mpk_norm_rows {
                             mpk_bf2f(norm_w[k]));
     }
     MPK_DEV void stage(int32_t r0, int32_t nr, mpk_bf16 *xs, int32_t) {
-        prologue(r0, nr);  // the rows' scales, then a barrier
         const int32_t per = K / 8;
+        if (MPK_NORM_ONE_PASS && nr * per <= (int32_t)blockDim.x && per % 32 == 0) {
+            stage_one_pass(r0, nr, xs);
+            return;
+        }
+        prologue(r0, nr);  // the rows' scales, then a barrier
         for (int32_t i = threadIdx.x; i < nr * per; i += blockDim.x) {
             const int32_t r = i / per, k = (i % per) * 8;
             float f[8], nw[8];
             mpk_unpack8(mpk_ld16(x + (int64_t)(r0 + r) * ld_x + k), f);
             mpk_unpack8(mpk_ld16(norm_w + k), nw);
-            const float s = scale[r];
-            uint4 v;
-            v.x = mpk_pack2(mpk_rms_elem(f[0], s, nw[0]), mpk_rms_elem(f[1], s, nw[1]));
-            v.y = mpk_pack2(mpk_rms_elem(f[2], s, nw[2]), mpk_rms_elem(f[3], s, nw[3]));
-            v.z = mpk_pack2(mpk_rms_elem(f[4], s, nw[4]), mpk_rms_elem(f[5], s, nw[5]));
-            v.w = mpk_pack2(mpk_rms_elem(f[6], s, nw[6]), mpk_rms_elem(f[7], s, nw[7]));
-            *(uint4 *)(xs + (int64_t)r * K + k) = v;
+            *(uint4 *)(xs + (int64_t)r * K + k) = mpk_norm_pack8(f, scale[r], nw);
         }
     }
 };

@@ -11,12 +11,19 @@
 #include "../batch.h"
 
 // Bumped whenever a struct below changes; the host refuses a .so built for another version.
-#define MPK_DEV_ABI_VERSION 1
+#define MPK_DEV_ABI_VERSION 2
 
 // Threads of every block of the megakernel (workers and scheduler blocks alike).
 #define MPK_DEV_THREADS 512
 // Scheduler warps per scheduler block.
 #define MPK_DEV_SCHEDULERS_PER_BLOCK 4
+// Event counters sit MPK_DEV_COUNTER_STRIDE 64-bit words apart (one 128-byte line each), so
+// that the blocks polling one event do not slow down the increments of its neighbours.
+#define MPK_DEV_COUNTER_STRIDE 16
+// The weight stream of a worker block (src/kernels/cuda/stream.cuh): a ring of shared-memory
+// slots of this size, each holding one chunk of whole weight rows. The host splits every
+// streamed task's weights into chunks of at most one slot (mpk_task_desc.stream_chunks).
+#define MPK_DEV_STREAM_SLOT_BYTES (32 * 1024)
 
 // Return codes of the mpk_dev_* functions besides CUDA's own (positive) error numbers.
 #define MPK_DEV_OK 0
@@ -77,6 +84,14 @@ typedef struct mpk_dev_control {
     int64_t decode_ns;         // time of the others
 } mpk_dev_control;
 
+// One task of a worker's weight stream (static mode): the tasks of the worker's list that have
+// stream chunks, in list order; the device walks them round and round, one per task it runs.
+typedef struct mpk_dev_stream_entry {
+    uint64_t src;          // device address of the task's weights (operand[prefetch_operand])
+    uint32_t bytes;        // its prefetch_bytes
+    uint32_t chunk_bytes;  // its stream_chunk_bytes
+} mpk_dev_stream_entry;
+
 // Everything one launch needs; passed by value as the kernel parameter. Pointers are device
 // pointers (abort_flag: the device alias of mapped host memory).
 typedef struct mpk_dev_args {
@@ -96,7 +111,7 @@ typedef struct mpk_dev_args {
     int32_t queue_capacity;            // slots per worker queue, a power of two
     int32_t event_queue_capacity;      // slots per scheduler queue, a power of two
 
-    unsigned long long *counters;      // (num_events) never reset within a launch
+    unsigned long long *counters;      // (num_events, MPK_DEV_COUNTER_STRIDE) never reset within a launch
     unsigned long long *worker_queue;  // (num_workers, queue_capacity): (iteration << 32 | task + 1)
     unsigned long long *worker_queue_tail;  // (num_workers) producers' reservation counters
     unsigned long long *event_queue;   // (num_schedulers, event_queue_capacity): (iteration << 32 | event + 1)
@@ -114,6 +129,9 @@ typedef struct mpk_dev_args {
     int32_t *input_ids;                // (max_batched_tokens)
     int32_t *output_ids;               // (max_batched_tokens)
     volatile int32_t *abort_flag;
+
+    const mpk_dev_stream_entry *stream_plan;  // static mode: worker w's entries are
+    const int32_t *stream_plan_begin;         //   stream_plan[stream_plan_begin[w] .. [w + 1])
 } mpk_dev_args;
 
 #endif  // MPK_RUNTIME_CUDA_ABI_CUH

@@ -124,6 +124,8 @@ typedef struct cuda_state {
     void *abort_host;         // mapped pinned int32
     int32_t *schedule_begin;  // the static schedule when recomputed for the device's workers
     int32_t *schedule_tasks;
+    const int32_t *sched_begin;  // the static schedule in use (one of the above or the graph's)
+    const int32_t *sched_tasks;
     mpk_dev_args args;        // device pointers; per-run fields filled by run()
 } cuda_state;
 
@@ -249,6 +251,8 @@ static mpk_status plan_workers(mpk_kernel *k) {
                 "the static schedule");
     if (st) return st;
     s->args.worker_tasks = d;
+    s->sched_begin = begin;
+    s->sched_tasks = tasks;
     return MPK_OK;
 }
 
@@ -282,10 +286,71 @@ static mpk_status upload_tensors(mpk_kernel *k) {
     return MPK_OK;
 }
 
-// The graph with operands resolved into device addresses, uploaded once.
+// The weight stream's share of task d (src/kernels/cuda/stream.cuh): its weight rows, grouped
+// into chunks of whole rows of at most one ring slot. Only the four GEMV task types stream, and
+// only when their rows are contiguous, 16-byte aligned and fit a slot; the others keep 0 chunks.
+static void plan_stream(mpk_task_desc *d, const mpk_variant *v) {
+    d->stream_chunks = 0;
+    d->stream_chunk_bytes = 0;
+    if (d->type != MPK_TASK_RMSNORM_LINEAR && d->type != MPK_TASK_LINEAR &&
+        d->type != MPK_TASK_LINEAR_RESIDUAL && d->type != MPK_TASK_SILU_MUL_LINEAR_RESIDUAL)
+        return;
+    const int64_t K = v->p[0], n = v->p[1], ld_w = v->p[3];  // same slots in all four
+    const int64_t row = 2 * K;  // bf16
+    if (K <= 0 || n <= 0 || ld_w != K || row % 16 || row > MPK_DEV_STREAM_SLOT_BYTES) return;
+    if (d->prefetch_bytes != (uint64_t)(n * row) || d->operand[d->prefetch_operand] % 16) return;
+    const int64_t per = MPK_DEV_STREAM_SLOT_BYTES / row, chunks = (n + per - 1) / per;
+    if (chunks > UINT16_MAX) return;
+    d->stream_chunks = (uint16_t)chunks;
+    d->stream_chunk_bytes = (uint32_t)(per * row);
+}
+
+// Static mode: each worker's weight-stream plan, the tasks of its list that stream, in order
+// (tasks: the resolved descriptors). Workers without any run with the stream off.
+static mpk_status upload_stream_plan(mpk_kernel *k, const mpk_task_desc *tasks) {
+    cuda_state *s = state_of(k);
+    const int32_t W = s->args.num_workers;
+    const int32_t *begin = s->sched_begin, *list = s->sched_tasks;
+    int32_t *pb = calloc((size_t)W + 1, sizeof *pb);
+    const int32_t total = begin[W] - begin[0];
+    mpk_dev_stream_entry *plan = calloc((size_t)(total > 0 ? total : 1), sizeof *plan);
+    if (!pb || !plan) {
+        free(pb);
+        free(plan);
+        return mpk_fail(k, MPK_ERR_NOMEM, "CUDA backend: out of host memory");
+    }
+    int32_t m = 0;
+    for (int32_t w = 0; w < W; w++) {
+        pb[w] = m;
+        for (int32_t i = begin[w]; i < begin[w + 1]; i++) {
+            const mpk_task_desc *d = &tasks[list[i]];
+            if (!d->stream_chunks) continue;
+            plan[m].src = d->operand[d->prefetch_operand];
+            plan[m].bytes = d->prefetch_bytes;
+            plan[m].chunk_bytes = d->stream_chunk_bytes;
+            m++;
+        }
+    }
+    pb[W] = m;
+    void *d1 = NULL, *d2 = NULL;
+    mpk_status st = upload(k, sizeof *plan * (size_t)(m > 0 ? m : 1), plan, &d1, "the weight-stream plan");
+    if (!st) st = upload(k, sizeof *pb * ((size_t)W + 1), pb, &d2, "the weight-stream plan");
+    free(plan);
+    free(pb);
+    if (st) return st;
+    s->args.stream_plan = d1;
+    s->args.stream_plan_begin = d2;
+    return MPK_OK;
+}
+
+// The graph with operands resolved into device addresses, uploaded once. MPK_CUDA_STREAM=1 in
+// the environment plans the weight stream (src/kernels/cuda/stream.cuh; off by default, and
+// inert unless the megakernel was built with a ring): a switch for measuring what it gives.
 static mpk_status upload_graph(mpk_kernel *k) {
     cuda_state *s = state_of(k);
     const mpk_graph *g = &k->graph;
+    const char *stream_env = getenv("MPK_CUDA_STREAM");
+    const int stream = stream_env && strcmp(stream_env, "1") == 0;
     const int32_t n = g->num_tasks;
     mpk_task_desc *tasks = calloc((size_t)(n > 0 ? n : 1), sizeof *tasks);
     if (!tasks) return mpk_fail(k, MPK_ERR_NOMEM, "CUDA backend: out of host memory");
@@ -308,6 +373,16 @@ static mpk_status upload_graph(mpk_kernel *k) {
         if (!st && tasks[i].variant >= g->num_variants)
             st = mpk_fail(k, MPK_ERR_INTERNAL, "CUDA backend: task %d has variant %d of %d", i,
                           tasks[i].variant, g->num_variants);
+        if (!st && stream) plan_stream(&tasks[i], &g->variants[tasks[i].variant]);
+        // The waiter's target is wait_count x iteration: one load fewer before each task.
+        tasks[i].wait_count = 0;
+        if (!st && tasks[i].wait_event != MPK_EVENT_NONE) {
+            if ((int64_t)tasks[i].wait_event >= g->num_events)
+                st = mpk_fail(k, MPK_ERR_INTERNAL, "CUDA backend: task %d waits on event %u of %d", i,
+                              tasks[i].wait_event, g->num_events);
+            else
+                tasks[i].wait_count = g->events[tasks[i].wait_event].num_triggers;
+        }
         if (!st && tasks[i].type == MPK_TASK_SAMPLING) {
             // Each sampling task sorts in its own scratch of next_pow2(V) keys.
             void *scratch;
@@ -318,6 +393,7 @@ static mpk_status upload_graph(mpk_kernel *k) {
     }
     void *d;
     if (!st) st = upload(k, sizeof *tasks * (size_t)(n > 0 ? n : 1), tasks, &d, "the task graph");
+    if (!st && stream && s->sched_begin) st = upload_stream_plan(k, tasks);
     free(tasks);
     if (st) return st;
     s->args.tasks = d;
@@ -352,7 +428,7 @@ static mpk_status alloc_runtime(mpk_kernel *k) {
         if ((st = dev_alloc(k, (size_t)(bytes), &d, what))) return st; \
         a->field = d;                                               \
     } while (0)
-    ALLOC(counters, 8 * (size_t)g->num_events, "event counters");
+    ALLOC(counters, 8 * MPK_DEV_COUNTER_STRIDE * (size_t)g->num_events, "event counters");
     ALLOC(worker_queue, 8 * W * a->queue_capacity, "worker queues");
     ALLOC(worker_queue_tail, 8 * W, "worker queues");
     ALLOC(event_queue, 8 * S * a->event_queue_capacity, "scheduler queues");
@@ -443,10 +519,10 @@ static mpk_status report_timeout(mpk_kernel *k, double waited, int exited) {
                         "stop when aborted: the GPU context is unusable", waited);
     int32_t W = a->num_workers, E = a->num_events;
     mpk_dev_worker_status *ws = calloc((size_t)W, sizeof *ws);
-    unsigned long long *ctr = calloc((size_t)E, sizeof *ctr);
+    unsigned long long *ctr = calloc((size_t)E * MPK_DEV_COUNTER_STRIDE, sizeof *ctr);
     mpk_dev_control c;
     if (!ws || !ctr || s->api.d2h(ws, a->worker_status, sizeof *ws * (size_t)W) ||
-        s->api.d2h(ctr, a->counters, sizeof *ctr * (size_t)E) ||
+        s->api.d2h(ctr, a->counters, sizeof *ctr * (size_t)E * MPK_DEV_COUNTER_STRIDE) ||
         s->api.d2h(&c, a->control, sizeof c)) {
         free(ws);
         free(ctr);
@@ -462,8 +538,8 @@ static mpk_status report_timeout(mpk_kernel *k, double waited, int exited) {
     if (wk >= 0) {
         const mpk_dev_worker_status *x = &ws[wk];
         const mpk_event_desc *ev = &k->graph.events[x->event];
-        unsigned long long n = ev->num_triggers, done = ctr[x->event] - n * (unsigned long long)(x->iteration - 1);
-        if (ctr[x->event] < n * (unsigned long long)(x->iteration - 1)) done = 0;
+        unsigned long long n = ev->num_triggers, done = ctr[(size_t)x->event * MPK_DEV_COUNTER_STRIDE] - n * (unsigned long long)(x->iteration - 1);
+        if (ctr[(size_t)x->event * MPK_DEV_COUNTER_STRIDE] < n * (unsigned long long)(x->iteration - 1)) done = 0;
         int32_t layer = x->task >= 0 && x->task < k->graph.num_tasks ? (int32_t)k->graph.tasks[x->task].layer : -1;
         st = mpk_fail(k, MPK_ERR_TIMEOUT,
                       "timeout after %.1f s in iteration %d: worker %d waits on event %u for task %d "
@@ -473,7 +549,7 @@ static mpk_status report_timeout(mpk_kernel *k, double waited, int exited) {
     } else {
         st = mpk_fail(k, MPK_ERR_TIMEOUT, "timeout after %.1f s in iteration %d: no worker waits on an "
                       "event (end event %u at %llu, begun %llu)", waited, c.iterations, a->end_event,
-                      ctr[a->end_event], c.begun);
+                      ctr[(size_t)a->end_event * MPK_DEV_COUNTER_STRIDE], c.begun);
     }
     free(ws);
     free(ctr);
@@ -612,7 +688,7 @@ static mpk_status cuda_run(mpk_kernel *k, mpk_token_fn on_tokens, void *user) {
     const int64_t W = a->num_workers, S = a->num_schedulers > 0 ? a->num_schedulers : 1;
 #define ZERO(ptr, bytes) \
     if (!st && s->api.memset_((void *)(ptr), 0, (size_t)(bytes))) st = dev_fail(k, 1, "reset")
-    ZERO(a->counters, 8 * (size_t)a->num_events);
+    ZERO(a->counters, 8 * MPK_DEV_COUNTER_STRIDE * (size_t)a->num_events);
     ZERO(a->worker_queue, 8 * W * a->queue_capacity);
     ZERO(a->worker_queue_tail, 8 * W);
     ZERO(a->event_queue, 8 * S * a->event_queue_capacity);

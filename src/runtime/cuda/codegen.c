@@ -82,7 +82,7 @@ static void inline_header(mpk_sbuf *b, const char *path, const char *text) {
 // Order: plain data first, then the kernels' common helpers, the task kernels, the runtime.
 static const char *const header_order[] = {
     "src/kernels/task.h",         "src/runtime/batch.h",         "src/runtime/cuda/abi.cuh",
-    "src/kernels/cuda/common.cuh", "src/kernels/cuda/linear.cuh", NULL,
+    "src/kernels/cuda/common.cuh", "src/kernels/cuda/stream.cuh", "src/kernels/cuda/linear.cuh", NULL,
 };
 
 static int in_order_list(const char *path) {

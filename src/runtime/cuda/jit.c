@@ -125,13 +125,20 @@ mpk_status mpk_cuda_build(mpk_kernel *k, const char *source, const char *arch, c
                         "/usr/local/cuda/bin or PATH");
     if (strncmp(arch, "sm_", 3) != 0 || strlen(arch) > 8 || !shell_safe(arch))
         return mpk_fail(k, MPK_ERR_INVALID_ARG, "CUDA backend: cuda_arch '%s' is not of the form sm_XY", arch);
-    char flags[256];
-    snprintf(flags, sizeof flags, "-O3 -std=c++17 -shared -Xcompiler -fPIC -gencode=arch=compute_%s,code=sm_%s",
-             arch + 3, arch + 3);
+    // MPK_NVCC_FLAGS: extra nvcc flags (e.g. -D overrides of the device headers' tuning
+    // constants) for measuring build-time variants side by side; they enter the cache hash.
+    const char *extra = getenv("MPK_NVCC_FLAGS");
+    if (!extra) extra = "";
+    if (strlen(extra) > 512 || !shell_safe(extra))
+        return mpk_fail(k, MPK_ERR_INVALID_ARG, "CUDA backend: MPK_NVCC_FLAGS is longer than 512 "
+                        "characters or contains a quote");
+    char flags[1024];
+    snprintf(flags, sizeof flags, "-O3 -std=c++17 -shared -Xcompiler -fPIC -gencode=arch=compute_%s,code=sm_%s %s",
+             arch + 3, arch + 3, extra);
 
     char *out = malloc(65536);
     if (!out) return mpk_fail(k, MPK_ERR_NOMEM, "CUDA backend: out of memory");
-    char cmd[4096];
+    char cmd[8192];
     if (!shell_safe(nvcc)) {
         free(out);
         return mpk_fail(k, MPK_ERR_CUDA, "CUDA backend: nvcc path %s contains a quote", nvcc);
@@ -179,7 +186,13 @@ mpk_status mpk_cuda_build(mpk_kernel *k, const char *source, const char *arch, c
         return mpk_fail(k, MPK_ERR_IO, "CUDA backend: cannot write %s: %s", cu_tmp, strerror(errno));
     }
     double t0 = now_s();
-    snprintf(cmd, sizeof cmd, "'%s' %s -o '%s' '%s' 2>&1", nvcc, flags, tmp_so, cu_tmp);
+    int len = snprintf(cmd, sizeof cmd, "'%s' %s -o '%s' '%s' 2>&1", nvcc, flags, tmp_so, cu_tmp);
+    if (len < 0 || (size_t)len >= sizeof cmd) {
+        unlink(cu_tmp);
+        free(out);
+        return mpk_fail(k, MPK_ERR_INVALID_ARG, "CUDA backend: the nvcc command line is longer than %zu "
+                        "characters (paths of nvcc and the cache directory)", sizeof cmd - 1);
+    }
     mpk_log(k, MPK_LOG_DEBUG, "CUDA: %s", cmd);
     int rc = run_capture(cmd, out, 65536);
     if (rc != 0) {

@@ -49,6 +49,14 @@ __device__ __forceinline__ int64_t mpk_globaltimer(void) {
     return (int64_t)t;
 }
 
+#ifndef MPK_COUNTER_STRIDE
+#define MPK_COUNTER_STRIDE MPK_DEV_COUNTER_STRIDE
+#endif
+// Event e's counter (one cache line each).
+__device__ __forceinline__ unsigned long long *mpk_counter(const mpk_dev_args &a, uint32_t e) {
+    return a.counters + (size_t)e * MPK_COUNTER_STRIDE;
+}
+
 __device__ __forceinline__ bool mpk_aborted(const mpk_dev_args &a) { return *a.abort_flag != 0; }
 
 // Polls until *p >= target (acquire), with a short back-off; false when the run is aborted.
@@ -56,6 +64,8 @@ __device__ __forceinline__ bool mpk_aborted(const mpk_dev_args &a) { return *a.a
 __device__ bool mpk_wait_geq(const mpk_dev_args &a, const unsigned long long *p,
                              unsigned long long target) {
     if (mpk_ld_acquire(p) >= target) return true;
+    // Back off between polls: 132 blocks polling one counter back to back slow down the very
+    // increments they wait for (measured: Qwen3-0.6B 1.7 -> 3.6 ms/token without the sleep).
     unsigned ns = 32;
     for (unsigned spins = 1;; spins++) {
         __nanosleep(ns);
@@ -138,16 +148,19 @@ __device__ bool mpk_iteration_step(const mpk_dev_args &a, uint32_t iter) {
     // and read the status (they wait on event 0).
     for (int32_t e = 0; e < a.num_begin_events; e++)
         if ((uint32_t)e != a.stall_event)  // (the stall test hook may name a begin event too)
-            mpk_atom_add_release(&a.counters[e], a.events[e].num_triggers);
+            mpk_atom_add_release(mpk_counter(a, e), a.events[e].num_triggers);
     return st == MPK_BATCH_RUNNING;
 }
 
-#define MPK_PREFETCH_BYTES (192u * 1024u)
+#ifndef MPK_PREFETCH_BYTES
+#define MPK_PREFETCH_BYTES (48u * 1024u)
+#endif
 
 // ---- running one task -----------------------------------------------------------------------------
 
 struct mpk_worker_shared {
     alignas(16) mpk_task_desc desc;  // the running task's descriptor, copied while its event is pending
+    unsigned int profiled;  // profile records this block has attempted (thread 0)
     int32_t flag;
     int32_t num_tokens;   // rows of the iteration (static mode: read once per iteration)
     unsigned long long entry;
@@ -157,16 +170,23 @@ struct mpk_worker_shared {
 // call it; returns false when the run was aborted.
 // Weights never wait for activations: a block asks L2 for the first MPK_PREFETCH_BYTES of a
 // task's weights (what its warps read first) ahead of time, so the memory system keeps
-// streaming across hand-offs. Capped so that all workers' prefetches together stay well inside
-// L2 (132 x 192 KB = 25 MB of the H100's 50 MB).
+// streaming across hand-offs. Measured on the H100 (bench/NOTES.md, v6): 48 KB beats 64, 96,
+// 128 and 192 KB on all three Qwen3 sizes (Qwen3-8B 6.24 against 6.73 ms/token at 192 KB):
+// a larger request competes with the running task's own loads, which are on the critical path.
+#ifndef MPK_L2_PREFETCH
+#define MPK_L2_PREFETCH 1
+#endif
 __device__ __forceinline__ void mpk_prefetch_weights(const mpk_task_desc &d) {
-    if (!d.prefetch_bytes) return;
+    if (!MPK_L2_PREFETCH || !d.prefetch_bytes) return;
     const char *base = (const char *)d.operand[d.prefetch_operand];
     const uint32_t bytes = d.prefetch_bytes < MPK_PREFETCH_BYTES ? d.prefetch_bytes : MPK_PREFETCH_BYTES;
     for (uint32_t off = threadIdx.x * 128u; off < bytes; off += blockDim.x * 128u)
         asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off));
 }
 
+#ifndef MPK_TRIGGER_RED
+#define MPK_TRIGGER_RED 1
+#endif
 // `next` (or -1) is the task this worker runs after t: its weights are requested now, one task
 // ahead, so they arrive while t runs and t's successors wait; `first` also requests t's own.
 template <bool PROFILE>
@@ -183,8 +203,10 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
     int64_t t_wait = 0, t_start = 0;
     if (first) mpk_prefetch_weights(dg);
     if (next >= 0) mpk_prefetch_weights(a.tasks[next]);
+    mpk_stream *stream = mpk_stream_state();
     if (threadIdx.x == 0) {
         if (PROFILE) t_wait = mpk_globaltimer();
+        stream->task_first = stream->consumed;
         mpk_dev_worker_status *ws = &a.worker_status[w];
         ws->task = t;
         ws->iteration = (int32_t)iter;
@@ -192,7 +214,7 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
         ws->state = MPK_DEV_W_WAITING;
         bool ok = true;
         if (ev != MPK_EVENT_NONE)
-            ok = mpk_wait_geq(a, &a.counters[ev], (unsigned long long)a.events[ev].num_triggers * iter);
+            ok = mpk_wait_geq(a, mpk_counter(a, ev), (unsigned long long)dg.wait_count * iter);
         if (ok) ws->state = MPK_DEV_W_RUNNING;  // an aborted wait stays visible to the host
         sh->flag = ok;
         sh->num_tokens = num_tokens >= 0 ? num_tokens : (ok ? a.batch->num_tokens : 0);
@@ -205,16 +227,22 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
     // the next task's descriptor over sh->desc.
     const uint32_t trig_begin = d.trigger_begin, trig_end = d.trigger_end;
     const uint16_t task_type = d.type;
+    const uint32_t stream_chunks = mpk_stream_task_chunks(stream);
     const uint32_t task_layer = d.layer;
     __syncthreads();
     if (threadIdx.x == 0) {
-        __threadfence();
+        // One release fence orders the block's outputs (the barrier above made them this
+        // thread's to publish) before every increment; the adds themselves are then relaxed.
+        if (MPK_TRIGGER_RED) asm volatile("fence.acq_rel.gpu;" ::: "memory");
+        else __threadfence();
         for (uint32_t i = trig_begin; i < trig_end; i++) {
             const uint32_t e = a.triggers[i];
             if (e == a.stall_event) continue;  // test hook: this event never fires
-            // One fence above orders the block's outputs before every increment; the adds
-            // themselves can then be relaxed (a release on each would fence again).
-            const unsigned long long now = atomicAdd(&a.counters[e], 1ull) + 1;
+            if (MPK_TRIGGER_RED && a.num_schedulers == 0) {  // static: nothing to read back
+                asm volatile("red.relaxed.gpu.global.add.u64 [%0], 1;" ::"l"(mpk_counter(a, e)) : "memory");
+                continue;
+            }
+            const unsigned long long now = atomicAdd(mpk_counter(a, e), 1ull) + 1;
             const mpk_event_desc &ed = a.events[e];
             // A just-in-time event hands its tasks to a scheduler when it completes.
             if ((ed.flags & MPK_EVENT_FLAG_JIT) && a.num_schedulers > 0 &&
@@ -225,9 +253,13 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
                               &a.event_queue_tail[s], a.event_queue_capacity, v);
             }
         }
+        // Chunks the body did not use (no rows this iteration, a prefill too large to stage)
+        // are waited for and released, after the triggers so that successors start first.
+        mpk_stream_drain_task(stream, stream_chunks);
         a.worker_status[w].state = MPK_DEV_W_IDLE;
         if (PROFILE) {
-            const unsigned int n = atomicAdd(&a.profile_count[w], 1u);
+            const unsigned int n = sh->profiled++;
+            a.profile_count[w] = sh->profiled;  // only this thread writes it
             if ((int32_t)n < a.profile_capacity) {
                 mpk_dev_prof *p = &a.profile[(int64_t)w * a.profile_capacity + n];
                 p->task_type = task_type;
@@ -259,10 +291,13 @@ __device__ bool mpk_dispatch_at_begin(const mpk_dev_args &a, const mpk_task_desc
 template <bool PROFILE>
 __device__ void mpk_worker_static(const mpk_dev_args &a, mpk_worker_shared *sh, int32_t w) {
     if (w == 0 && threadIdx.x == 0) mpk_iteration_step(a, 0);  // begins iteration 1 (or stops)
+    // The weight stream follows this worker's list from its first task, across iterations.
+    if (threadIdx.x == 0 && a.stream_plan)
+        mpk_stream_start(mpk_stream_state(), a.stream_plan, a.stream_plan_begin[w], a.stream_plan_begin[w + 1]);
     const unsigned long long n0 = a.events[0].num_triggers;
     for (uint32_t iter = 1;; iter++) {
         if (threadIdx.x == 0) {
-            bool ok = mpk_wait_geq(a, &a.counters[0], n0 * iter);
+            bool ok = mpk_wait_geq(a, mpk_counter(a, 0), n0 * iter);
             sh->flag = ok && *(volatile int32_t *)&a.control->stop == 0;
         }
         __syncthreads();
@@ -280,7 +315,7 @@ __device__ void mpk_worker_static(const mpk_dev_args &a, mpk_worker_shared *sh, 
         }
         if (w == 0 && threadIdx.x == 0) {
             const unsigned long long ne = a.events[a.end_event].num_triggers;
-            if (mpk_wait_geq(a, &a.counters[a.end_event], ne * iter)) mpk_iteration_step(a, iter);
+            if (mpk_wait_geq(a, mpk_counter(a, a.end_event), ne * iter)) mpk_iteration_step(a, iter);
         }
     }
 }
@@ -345,7 +380,7 @@ __device__ void mpk_scheduler(const mpk_dev_args &a, int32_t s) {
         // Scheduler 0: the END of the current iteration begins the next one.
         if (s == 0 && iter > 0 && !*(volatile int32_t *)&a.control->stop) {
             const unsigned long long ne = a.events[a.end_event].num_triggers;
-            if (mpk_ld_acquire(&a.counters[a.end_event]) >= ne * iter) {
+            if (mpk_ld_acquire(mpk_counter(a, a.end_event)) >= ne * iter) {
                 mpk_iteration_step(a, iter);
                 busy = true;
             }
@@ -391,11 +426,17 @@ template <bool PROFILE>
 __global__ void __launch_bounds__(MPK_DEV_THREADS, 1) mpk_megakernel(const __grid_constant__ mpk_dev_args a) {
     __shared__ mpk_worker_shared sh;
     const int32_t blk = (int32_t)blockIdx.x;
+    if (threadIdx.x == 0) {
+        mpk_stream_off(mpk_stream_state(), &sh.desc);  // a static worker starts it
+        sh.profiled = 0;
+    }
+    __syncthreads();
     if (blk < a.num_workers) {
         if (a.num_schedulers == 0)
             mpk_worker_static<PROFILE>(a, &sh, blk);
         else
             mpk_worker_dynamic<PROFILE>(a, &sh, blk);
+        if (threadIdx.x == 0) mpk_stream_finish(mpk_stream_state());  // no copy outlives the block
         if (threadIdx.x == 0 && a.worker_status[blk].state != MPK_DEV_W_WAITING)
             a.worker_status[blk].state = MPK_DEV_W_EXITED;
         return;
@@ -522,9 +563,11 @@ int mpk_dev_launch(const mpk_dev_args *args, int *blocks) {
     MPK_CUDA_CHECK(cudaGetDevice(&device));
     MPK_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     // Every block gets MPK_DYN_SMEM_BYTES of dynamic shared memory for its tasks (staged GEMV
-    // inputs, attention partials); one block per SM leaves the rest to the L1 cache.
-    MPK_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, MPK_DYN_SMEM_BYTES));
-    MPK_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, MPK_DEV_THREADS, MPK_DYN_SMEM_BYTES));
+    // inputs, attention partials) and the weight stream's ring after it; one block per SM
+    // leaves the rest to the L1 cache.
+    const size_t dyn = MPK_DYN_SMEM_BYTES + MPK_STREAM_RING_BYTES;
+    MPK_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dyn));
+    MPK_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, MPK_DEV_THREADS, dyn));
     if (per_sm < 1 || grid > sms) {
         snprintf(mpk_dev_error_text, sizeof mpk_dev_error_text,
                  "%d workers + %d scheduler blocks (%d schedulers / %d) = %d blocks do not fit "
@@ -535,7 +578,7 @@ int mpk_dev_launch(const mpk_dev_args *args, int *blocks) {
     }
     void *params[] = {(void *)args};
     MPK_CUDA_CHECK(cudaLaunchCooperativeKernel(fn, dim3(grid), dim3(MPK_DEV_THREADS), params,
-                                               MPK_DYN_SMEM_BYTES, mpk_dev_stream));
+                                               dyn, mpk_dev_stream));
     return MPK_DEV_OK;
 }
 
