@@ -12,6 +12,7 @@
 
 #include "core/internal.h"
 #include "mpk.h"
+#include "runtime/cuda/abi.cuh"
 #include "runtime/cuda/cuda_internal.h"
 
 static const mpk_dim3 NOBLOCK = {0, 0, 0};
@@ -67,6 +68,53 @@ Test(cuda, codegen_covers_every_variant) {
     cr_expect(!strstr(src, "\n#include \""), "a quoted #include survived");
     free(src);
     mpk_kernel_free(k);
+}
+
+// The weight-stream plan: chunks of whole rows that cover the task's weights exactly, each at
+// most one ring slot; tasks it cannot stream keep 0 chunks (they read their weights themselves).
+Test(cuda, stream_plan_chunks_cover_whole_rows) {
+    const struct {
+        int32_t type, K, n, ld_w;
+        uint64_t addr;
+        int streams;
+    } cases[] = {
+        {MPK_TASK_RMSNORM_LINEAR, 1024, 32, 1024, 0x10000, 1},      // 16 rows a chunk, 2 chunks
+        {MPK_TASK_LINEAR_RESIDUAL, 4096, 32, 4096, 0x20000, 1},     // 4 rows a chunk
+        {MPK_TASK_SILU_MUL_LINEAR_RESIDUAL, 12288, 33, 12288, 0x30000, 1},  // 1 row (24 KB) a chunk
+        {MPK_TASK_LINEAR, 1000, 7, 1000, 0x40000, 1},               // 2000-byte rows, last chunk short
+        {MPK_TASK_LINEAR, 20000, 4, 20000, 0x50000, 0},             // a row larger than a slot
+        {MPK_TASK_LINEAR, 1024, 8, 2048, 0x60000, 0},               // rows not contiguous
+        {MPK_TASK_LINEAR, 1024, 8, 1024, 0x70008, 0},               // weights not 16-byte aligned
+        {MPK_TASK_LINEAR, 100, 8, 100, 0x80000, 0},                 // 200-byte rows: not 16-byte multiples
+        {MPK_TASK_EMBED, 1024, 8, 1024, 0x90000, 0},                // not a GEMV
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        mpk_task_desc d;
+        memset(&d, 0, sizeof d);
+        mpk_variant v;
+        memset(&v, 0, sizeof v);
+        d.type = (uint16_t)cases[i].type;
+        v.type = cases[i].type;
+        v.p[0] = cases[i].K;
+        v.p[1] = cases[i].n;
+        v.p[3] = cases[i].ld_w;
+        d.prefetch_operand = 1;
+        d.operand[1] = cases[i].addr;
+        d.prefetch_bytes = (uint32_t)(2 * cases[i].K * cases[i].n);
+        d.stream_chunks = 77;  // must be overwritten either way
+        mpk_cuda_plan_stream(&d, &v);
+        if (!cases[i].streams) {
+            cr_expect_eq(d.stream_chunks, 0, "case %zu: streams %u chunks", i, d.stream_chunks);
+            continue;
+        }
+        const uint32_t row = 2u * (uint32_t)cases[i].K, c = d.stream_chunks, cb = d.stream_chunk_bytes;
+        cr_expect_gt(c, 0, "case %zu", i);
+        cr_expect(cb > 0 && cb % row == 0 && cb <= MPK_DEV_STREAM_SLOT_BYTES, "case %zu: chunk of %u bytes", i, cb);
+        cr_expect(cb % 16 == 0, "case %zu: chunk of %u bytes", i, cb);
+        cr_expect((uint64_t)(c - 1) * cb < d.prefetch_bytes && (uint64_t)c * cb >= d.prefetch_bytes,
+                  "case %zu: %u chunks of %u bytes for %u bytes", i, c, cb, d.prefetch_bytes);
+        cr_expect_eq(cb, MPK_DEV_STREAM_SLOT_BYTES / row * row, "case %zu: chunks not as full as a slot allows", i);
+    }
 }
 
 static double now_s(void) {

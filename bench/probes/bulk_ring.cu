@@ -2,8 +2,9 @@
 // ring of shared-memory slots filled by cp.async.bulk (the megakernel's weight stream), and what
 // does each ingredient cost? Build and run on the GPU machine:
 //   nvcc -O3 -gencode=arch=compute_90a,code=sm_90a -o build/bulk_ring bench/probes/bulk_ring.cu && build/bulk_ring
-// Prints GB/s for: plain 16-byte loads (8 in flight per thread), and the ring with several slot
-// counts and sizes, with and without the block reading each slot before releasing it.
+// Prints GB/s for: plain 16-byte loads (8 in flight per thread), the ring with several slot
+// counts and sizes, with and without the block reading each slot before releasing it, and both
+// with grid-wide hand-offs between task-sized slices (the megakernel's shape, `layered`).
 #include <cstdio>
 #include <cstdint>
 #include <cuda_runtime.h>
@@ -69,6 +70,89 @@ __global__ void __launch_bounds__(512, 1) ring(const char *p, size_t bytes, int 
     if (acc == 0x12345678u) *sink = acc;
 }
 
+// The megakernel's shape: every block streams `tasks` consecutive task slices of `task_bytes`
+// (its own region of each "layer"), and between tasks all blocks meet at a grid-wide hand-off
+// (an atomic counter polled with back-off, as events are). mode 0: the ring as in stream.cuh
+// (chunks keep flowing across the hand-off); mode 1: direct 16-byte loads, 16 warps x 4 loads in
+// flight per lane (the megakernel's default GEMV). pf: bytes of the next task asked of L2 at each
+// task start (as mpk_prefetch_weights).
+__device__ void handoff(unsigned long long *ctr, unsigned long long target) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        atomicAdd(ctr, 1ull);
+        unsigned ns = 32;
+        while (*(volatile unsigned long long *)ctr < target) {
+            __nanosleep(ns);
+            if (ns < 256) ns <<= 1;
+        }
+    }
+    __syncthreads();
+}
+
+__global__ void __launch_bounds__(512, 1) layered(const char *p, int tasks, int task_bytes, int mode, int pf,
+                                                 unsigned long long *ctr, unsigned *sink) {
+    extern __shared__ __align__(128) char smem[];
+    __shared__ unsigned long long bar[4];
+    const int slots = 4, chunk = 24576;
+    const uint32_t per_task = (uint32_t)(task_bytes / chunk);
+    auto src = [&](uint32_t n) {  // chunk n of this block's stream: task n / per_task, layer-major
+        const uint32_t t = n / per_task, c = n % per_task;
+        return p + ((size_t)t * gridDim.x + blockIdx.x) * (size_t)task_bytes + (size_t)c * chunk;
+    };
+    const uint32_t total = per_task * (uint32_t)tasks;
+    uint32_t produced = 0;
+    unsigned acc = 0;
+    if (mode == 0 && threadIdx.x == 0) {
+        for (int i = 0; i < slots; i++) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(sa(&bar[i])));
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        for (; produced < (uint32_t)slots && produced < total; produced++) {
+            uint32_t b = sa(&bar[produced % slots]);
+            asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b), "r"(chunk) : "memory");
+            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                         ::"r"(sa(smem + (size_t)(produced % slots) * chunk)), "l"(src(produced)), "r"(chunk), "r"(b) : "memory");
+        }
+    }
+    __syncthreads();
+    for (int t = 0; t < tasks; t++) {
+        if (pf && t + 1 < tasks) {
+            const char *next = p + ((size_t)(t + 1) * gridDim.x + blockIdx.x) * (size_t)task_bytes;
+            for (int off = threadIdx.x * 128; off < pf && off < task_bytes; off += blockDim.x * 128)
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(next + off));
+        }
+        if (mode == 0) {
+            for (uint32_t c = t * per_task; c < (t + 1) * per_task; c++) {
+                uint32_t b = sa(&bar[c % slots]), par = (c / slots) & 1u, done = 0;
+                while (!done)
+                    asm volatile("{\n .reg .pred q;\n mbarrier.try_wait.parity.shared::cta.b64 q, [%1], %2;\n selp.u32 %0, 1, 0, q;\n}\n"
+                                 : "=r"(done) : "r"(b), "r"(par) : "memory");
+                const uint4 *s = (const uint4 *)(smem + (size_t)(c % slots) * chunk);
+                for (int i = threadIdx.x; i < chunk / 16; i += blockDim.x) acc ^= s[i].x;
+                __syncthreads();
+                if (threadIdx.x == 0 && produced < total) {
+                    uint32_t b2 = sa(&bar[produced % slots]);
+                    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b2), "r"(chunk) : "memory");
+                    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                                 ::"r"(sa(smem + (size_t)(produced % slots) * chunk)), "l"(src(produced)), "r"(chunk), "r"(b2) : "memory");
+                    produced++;
+                }
+            }
+        } else {
+            const uint4 *base = (const uint4 *)(p + ((size_t)t * gridDim.x + blockIdx.x) * (size_t)task_bytes);
+            const int n16 = task_bytes / 16;
+            for (int i = threadIdx.x; i < n16; i += 4 * blockDim.x) {
+                uint4 v[4];
+#pragma unroll
+                for (int u = 0; u < 4; u++) v[u] = i + u * (int)blockDim.x < n16 ? __ldcs(base + i + u * blockDim.x) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+                for (int u = 0; u < 4; u++) acc ^= v[u].x;
+            }
+        }
+        handoff(ctr, (unsigned long long)gridDim.x * (t + 1));
+    }
+    if (acc == 0x12345678u) *sink = acc;
+}
+
 int main() {
     const size_t bytes = (size_t)1 << 30;
     char *buf;
@@ -103,6 +187,25 @@ int main() {
             double gbs = time([&] { ring<<<sms, 512, (size_t)c[0] * c[1]>>>(buf, bytes, c[0], c[1], read, sink); });
             printf("ring %2d slots x %5d B, read %d: %.0f GB/s\n", c[0], c[1], read, gbs);
         }
+    // Hand-offs between tasks, as in the megakernel: Qwen3-8B-like task slices (786 KB: a down
+    // projection task) and Qwen3-0.6B-like ones (72 KB), ring vs direct loads, with and without
+    // the L2 prefetch of the next task.
+    unsigned long long *ctr;
+    CK(cudaMalloc(&ctr, 8));
+    CK(cudaFuncSetAttribute(layered, cudaFuncAttributeMaxDynamicSharedMemorySize, 4 * 24576));
+    const int tb[] = {786432, 73728};
+    for (int b : tb)
+        for (int mode = 0; mode < 2; mode++)
+            for (int pf : {0, 49152, 196608}) {
+                const int tasks = (int)(bytes / ((size_t)b * sms));
+                double gbs = time([&] {
+                    cudaMemset(ctr, 0, 8);
+                    layered<<<sms, 512, 4 * 24576>>>(buf, tasks, b, mode, pf, ctr, sink);
+                });
+                gbs = gbs * ((double)tasks * b * sms) / (double)bytes;  // bytes actually read
+                printf("layered %6d B tasks, %s, L2 prefetch %6d B: %.0f GB/s, %.2f us per task\n", b,
+                       mode ? "direct loads" : "ring        ", pf, gbs, (double)b * sms / (gbs * 1e3));
+            }
     CK(cudaGetLastError());
     CK(cudaDeviceSynchronize());
     return 0;

@@ -286,10 +286,9 @@ static mpk_status upload_tensors(mpk_kernel *k) {
     return MPK_OK;
 }
 
-// The weight stream's share of task d (src/kernels/cuda/stream.cuh): its weight rows, grouped
-// into chunks of whole rows of at most one ring slot. Only the four GEMV task types stream, and
-// only when their rows are contiguous, 16-byte aligned and fit a slot; the others keep 0 chunks.
-static void plan_stream(mpk_task_desc *d, const mpk_variant *v) {
+// The weight stream's share of task d (cuda_internal.h): its weight rows, grouped into chunks of
+// whole rows of at most one ring slot.
+void mpk_cuda_plan_stream(mpk_task_desc *d, const mpk_variant *v) {
     d->stream_chunks = 0;
     d->stream_chunk_bytes = 0;
     if (d->type != MPK_TASK_RMSNORM_LINEAR && d->type != MPK_TASK_LINEAR &&
@@ -373,7 +372,7 @@ static mpk_status upload_graph(mpk_kernel *k) {
         if (!st && tasks[i].variant >= g->num_variants)
             st = mpk_fail(k, MPK_ERR_INTERNAL, "CUDA backend: task %d has variant %d of %d", i,
                           tasks[i].variant, g->num_variants);
-        if (!st && stream) plan_stream(&tasks[i], &g->variants[tasks[i].variant]);
+        if (!st && stream) mpk_cuda_plan_stream(&tasks[i], &g->variants[tasks[i].variant]);
         // The waiter's target is wait_count x iteration: one load fewer before each task.
         tasks[i].wait_count = 0;
         if (!st && tasks[i].wait_event != MPK_EVENT_NONE) {

@@ -30,4 +30,10 @@ int mpk_cuda_find_nvcc(char *path, size_t cap);
 mpk_status mpk_cuda_build(mpk_kernel *kernel, const char *source, const char *arch,
                           char *so_path, size_t cap);
 
+// The weight stream's share of a task (src/kernels/cuda/stream.cuh): sets d->stream_chunks and
+// d->stream_chunk_bytes (whole weight rows, at most MPK_DEV_STREAM_SLOT_BYTES a chunk) for the
+// four GEMV task types whose rows are contiguous, 16-byte aligned and fit a slot; 0 chunks else.
+// d->operand[] must already hold device addresses.
+void mpk_cuda_plan_stream(mpk_task_desc *d, const mpk_variant *v);
+
 #endif  // MPK_RUNTIME_CUDA_CUDA_INTERNAL_H
