@@ -184,6 +184,13 @@ __device__ __forceinline__ void mpk_prefetch_weights(const mpk_task_desc &d) {
         asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off));
 }
 
+// MPK_PREFETCH_SELF=1 (experimental, not yet measured): while waiting for task t's event, ask
+// L2 for t's own weights instead of the next task's. The next task's request competes with t's
+// own loads once t runs (v6: the smaller that request, the faster); t's own request only fills
+// the idle wait.
+#ifndef MPK_PREFETCH_SELF
+#define MPK_PREFETCH_SELF 0
+#endif
 #ifndef MPK_TRIGGER_RED
 #define MPK_TRIGGER_RED 1
 #endif
@@ -201,8 +208,8 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
         ((uint4 *)&sh->desc)[threadIdx.x - 32] = ((const uint4 *)&dg)[threadIdx.x - 32];
     const mpk_task_desc &d = sh->desc;
     int64_t t_wait = 0, t_start = 0;
-    if (first) mpk_prefetch_weights(dg);
-    if (next >= 0) mpk_prefetch_weights(a.tasks[next]);
+    if (first || MPK_PREFETCH_SELF) mpk_prefetch_weights(dg);
+    if (next >= 0 && !MPK_PREFETCH_SELF) mpk_prefetch_weights(a.tasks[next]);
     mpk_stream *stream = mpk_stream_state();
     if (threadIdx.x == 0) {
         if (PROFILE) t_wait = mpk_globaltimer();
