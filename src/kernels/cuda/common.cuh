@@ -115,7 +115,6 @@ MPK_DEV mpk_argmax_pair mpk_block_argmax(mpk_argmax_pair p, mpk_argmax_pair *scr
 struct mpk_task_smem {
     float f[MPK_SCRATCH_FLOATS];
     float red[32];
-    float warp_part[32];  // per-warp partial sums (the one-pass norm staging)
     mpk_argmax_pair pairs[32];
 };
 

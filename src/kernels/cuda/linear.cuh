@@ -30,9 +30,6 @@
 #ifndef MPK_PROBE_NO_COMPUTE
 #define MPK_PROBE_NO_COMPUTE 0  // probe only: streamed GEMVs wait for their chunks, compute nothing
 #endif
-#ifndef MPK_NORM_ONE_PASS
-#define MPK_NORM_ONE_PASS 0  // 1: rmsnorm_linear stages decode rows in one round of loads (measured slower)
-#endif
 #define MPK_GEMV_ROWS 4
 #ifndef MPK_GEMV_UNROLL
 #define MPK_GEMV_UNROLL 4
@@ -51,10 +48,11 @@ MPK_DEV void mpk_fma8(float &acc, const uint4 xv, const float wf[8]) {
 // share a column pair, each taking every ks-th 256-element block of K; their partial sums meet in
 // shared memory and are added in a fixed order (results repeat run to run; they depend on ks, so
 // on the task's width).
-__device__ MPK_GEMV_OUTLINE void mpk_gemv_staged_tile(const mpk_bf16 *xs, int32_t ldk, int32_t r0, int32_t nr,
-                                  const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf16 *out,
-                                  int32_t K, int32_t n, int32_t ld_w, int32_t ld_res,
-                                  int32_t ld_out) {
+__device__ MPK_GEMV_OUTLINE void mpk_gemv_staged_tile(const mpk_bf16 *xs, int32_t ldk, int32_t r0,
+                                                     int32_t nr, const mpk_bf16 *w,
+                                                     const mpk_bf16 *res, mpk_bf16 *out, int32_t K,
+                                                     int32_t n, int32_t ld_w, int32_t ld_res,
+                                                     int32_t ld_out) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
     const int32_t pairs = (n + 1) / 2, blocks = (K + 255) / 256;
     int32_t ks = 1;
@@ -132,9 +130,9 @@ __device__ MPK_GEMV_OUTLINE void mpk_gemv_staged_tile(const mpk_bf16 *xs, int32_
 }
 
 template <class XRows>
-__device__ MPK_GEMV_OUTLINE void mpk_gemv_direct(XRows &xr, const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf16 *out,
-                             int32_t rows, int32_t K, int32_t n, int32_t ld_w, int32_t ld_res,
-                             int32_t ld_out, bool vec) {
+__device__ MPK_GEMV_OUTLINE void mpk_gemv_direct(XRows &xr, const mpk_bf16 *w, const mpk_bf16 *res,
+                                                mpk_bf16 *out, int32_t rows, int32_t K, int32_t n,
+                                                int32_t ld_w, int32_t ld_res, int32_t ld_out, bool vec) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
     for (int32_t r0 = 0; r0 < rows; r0 += MPK_GEMV_ROWS) {
         const int32_t nr = min(MPK_GEMV_ROWS, rows - r0);
@@ -188,12 +186,12 @@ __device__ MPK_GEMV_OUTLINE void mpk_gemv_direct(XRows &xr, const mpk_bf16 *w, c
     }
 }
 
-// The chunk loop of mpk_gemv_streamed: one copy for all variants (not inlined, not specialised
-// on the shape), which keeps the generated kernel's compile time down at no measurable cost.
-__device__ MPK_GEMV_OUTLINE void mpk_gemv_stream_chunks(const mpk_bf16 *xs, float *part, const float *resv,
-                                                    bool res_staged, const mpk_bf16 *res, mpk_bf16 *out,
-                                                    int32_t rows, int32_t K, int32_t n, int32_t ld_res,
-                                                    int32_t ld_out, int32_t rpc) {
+// The chunk loop of mpk_gemv_streamed.
+__device__ MPK_GEMV_OUTLINE void mpk_gemv_stream_chunks(const mpk_bf16 *xs, float *part,
+                                                       const float *resv, bool res_staged,
+                                                       const mpk_bf16 *res, mpk_bf16 *out,
+                                                       int32_t rows, int32_t K, int32_t n,
+                                                       int32_t ld_res, int32_t ld_out, int32_t rpc) {
     mpk_stream *s = mpk_stream_state();
     const uint32_t chunks = mpk_stream_task_chunks(s);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
@@ -393,31 +391,6 @@ struct mpk_norm_rows {
         }
         __syncthreads();
     }
-    // Decode's case (every 8 elements of the tile's rows one thread, whole warps per row): one
-    // round of loads gives both the sums of squares and the values to scale, so the task's
-    // input costs one memory latency after its event instead of two.
-    MPK_DEV void stage_one_pass(int32_t r0, int32_t nr, mpk_bf16 *xs) {
-        const int32_t per = K / 8, i = threadIdx.x, warp = threadIdx.x / 32;
-        const bool mine = i < nr * per;
-        const int32_t r = mine ? i / per : 0, k = (i % per) * 8;
-        float f[8], nw[8], ss = 0.0f;
-        if (mine) {
-            mpk_unpack8(mpk_ld16(x + (int64_t)(r0 + r) * ld_x + k), f);
-            mpk_unpack8(mpk_ld16(norm_w + k), nw);
-#pragma unroll
-            for (int e = 0; e < 8; e++) ss = fmaf(f[e], f[e], ss);
-        }
-        ss = mpk_warp_sum(ss);
-        float *wp = mpk_smem()->warp_part;
-        if (threadIdx.x % 32 == 0) wp[warp] = ss;
-        __syncthreads();
-        if (!mine) return;
-        const int32_t wpr = per / 32;  // warps per row
-        float sum = 0.0f;
-        for (int32_t j = 0; j < wpr; j++) sum += wp[r * wpr + j];
-        const float scale = 1.0f / sqrtf(sum / (float)K + eps);
-        *(uint4 *)(xs + (int64_t)r * K + k) = mpk_norm_pack8(f, scale, nw);
-    }
     MPK_DEV void load8(int32_t r, int32_t k, float f[8]) const {
         float nw[8];
         mpk_unpack8(mpk_ld16(x + (int64_t)r * ld_x + k), f);
@@ -432,10 +405,6 @@ struct mpk_norm_rows {
     }
     MPK_DEV void stage(int32_t r0, int32_t nr, mpk_bf16 *xs, int32_t) {
         const int32_t per = K / 8;
-        if (MPK_NORM_ONE_PASS && nr * per <= (int32_t)blockDim.x && per % 32 == 0) {
-            stage_one_pass(r0, nr, xs);
-            return;
-        }
         prologue(r0, nr);  // the rows' scales, then a barrier
         for (int32_t i = threadIdx.x; i < nr * per; i += blockDim.x) {
             const int32_t r = i / per, k = (i % per) * 8;
