@@ -12,10 +12,7 @@
 #       "stream|MPK_CUDA_STREAM=1|-DMPK_STREAM_SLOTS=4 -DMPK_DYN_SMEM_BYTES=81920"
 # MPK_AB_PROFILE="name ..." also writes those variants' per-task-type tables (mpk profile) to $OUT.
 set -u
-OUT=${OUT:-build/gpu-out}
-mkdir -p "$OUT"
-export MPK_CACHE_DIR="${MPK_CACHE_DIR:-$PWD/build/gpucache}"
-[ -d build/gpudeps ] && export LD_LIBRARY_PATH="$PWD/build/gpudeps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+. tests/gpu/env.sh
 MODELS=${MPK_AB_MODELS:-"qwen3-0.6b qwen3-1.7b qwen3-8b"}
 # The mpk binary of a variant: this tree's, or another tree's (built here once).
 binary() {
@@ -23,9 +20,7 @@ binary() {
     [ -z "$tree" ] && { echo build/mpk; return; }
     if [ ! -e "$tree/build/.ab-built" ]; then  # (built on this machine: not one carried here)
         rm -rf "$tree/build"
-        inc=""
-        [ -d build/gpudeps ] && inc="-I$PWD/build/gpudeps/include -I$PWD/build/gpudeps/include/cjson"
-        LIBRARY_PATH="$PWD/build/gpudeps/lib" make -C "$tree" -j16 lib cli EXTRA_CFLAGS="$inc" \
+        make -C "$tree" -j16 lib cli EXTRA_CFLAGS="$DEPS" \
             > "$OUT/ab-build-$(basename "$tree").log" 2>&1 && touch "$tree/build/.ab-built"
     fi
     echo "$tree/build/mpk"

@@ -26,6 +26,30 @@ __global__ void __launch_bounds__(512, 1) plain(const uint4 *p, size_t n, unsign
 
 __device__ __forceinline__ uint32_t sa(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
+// The ring's three operations, as in src/kernels/cuda/stream.cuh (thread 0 inits and issues).
+__device__ __forceinline__ void ring_init(unsigned long long *bar, int slots) {
+    for (int i = 0; i < slots; i++) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(sa(&bar[i])));
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+
+// Chunk n (`bytes` from src) into slot n % slots of smem.
+__device__ __forceinline__ void ring_issue(char *smem, unsigned long long *bar, int slots, uint32_t n,
+                                          const char *src, int bytes) {
+    const uint32_t b = sa(&bar[n % slots]);
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b), "r"(bytes) : "memory");
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 ::"r"(sa(smem + (size_t)(n % slots) * bytes)), "l"(src), "r"(bytes), "r"(b) : "memory");
+}
+
+// Waits until chunk n has landed.
+__device__ __forceinline__ void ring_wait(unsigned long long *bar, int slots, uint32_t n) {
+    const uint32_t b = sa(&bar[n % slots]), par = (n / slots) & 1u;
+    uint32_t done = 0;
+    while (!done)
+        asm volatile("{\n .reg .pred q;\n mbarrier.try_wait.parity.shared::cta.b64 q, [%1], %2;\n selp.u32 %0, 1, 0, q;\n}\n"
+                     : "=r"(done) : "r"(b), "r"(par) : "memory");
+}
+
 // Each block streams its own contiguous share of the buffer in chunks of `chunk` bytes through
 // `slots` slots. read: the block sums each slot (16-byte loads) before the barrier that frees it.
 __global__ void __launch_bounds__(512, 1) ring(const char *p, size_t bytes, int slots, int chunk, int read,
@@ -35,35 +59,22 @@ __global__ void __launch_bounds__(512, 1) ring(const char *p, size_t bytes, int 
     const size_t share = bytes / gridDim.x / chunk * chunk;
     const char *base = p + share * blockIdx.x;
     const uint32_t nchunks = (uint32_t)(share / chunk);
-    if (threadIdx.x == 0) {
-        for (int i = 0; i < slots; i++) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(sa(&bar[i])));
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
+    if (threadIdx.x == 0) ring_init(bar, slots);
     __syncthreads();
     uint32_t produced = 0;
     unsigned acc = 0;
     if (threadIdx.x == 0)
-        for (; produced < (uint32_t)slots && produced < nchunks; produced++) {
-            uint32_t b = sa(&bar[produced % slots]);
-            asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b), "r"(chunk) : "memory");
-            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                         ::"r"(sa(smem + (size_t)(produced % slots) * chunk)), "l"(base + (size_t)produced * chunk), "r"(chunk), "r"(b) : "memory");
-        }
+        for (; produced < (uint32_t)slots && produced < nchunks; produced++)
+            ring_issue(smem, bar, slots, produced, base + (size_t)produced * chunk, chunk);
     for (uint32_t c = 0; c < nchunks; c++) {
-        uint32_t b = sa(&bar[c % slots]), par = (c / slots) & 1u, done = 0;
-        while (!done)
-            asm volatile("{\n .reg .pred q;\n mbarrier.try_wait.parity.shared::cta.b64 q, [%1], %2;\n selp.u32 %0, 1, 0, q;\n}\n"
-                         : "=r"(done) : "r"(b), "r"(par) : "memory");
+        ring_wait(bar, slots, c);
         if (read) {
             const uint4 *s = (const uint4 *)(smem + (size_t)(c % slots) * chunk);
             for (int i = threadIdx.x; i < chunk / 16; i += blockDim.x) acc ^= s[i].x;
         }
         __syncthreads();
         if (threadIdx.x == 0 && produced < nchunks) {
-            uint32_t b2 = sa(&bar[produced % slots]);
-            asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b2), "r"(chunk) : "memory");
-            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                         ::"r"(sa(smem + (size_t)(produced % slots) * chunk)), "l"(base + (size_t)produced * chunk), "r"(chunk), "r"(b2) : "memory");
+            ring_issue(smem, bar, slots, produced, base + (size_t)produced * chunk, chunk);
             produced++;
         }
     }
@@ -104,14 +115,9 @@ __global__ void __launch_bounds__(512, 1) layered(const char *p, int tasks, int 
     uint32_t produced = 0;
     unsigned acc = 0;
     if (mode == 0 && threadIdx.x == 0) {
-        for (int i = 0; i < slots; i++) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(sa(&bar[i])));
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-        for (; produced < (uint32_t)slots && produced < total; produced++) {
-            uint32_t b = sa(&bar[produced % slots]);
-            asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b), "r"(chunk) : "memory");
-            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                         ::"r"(sa(smem + (size_t)(produced % slots) * chunk)), "l"(src(produced)), "r"(chunk), "r"(b) : "memory");
-        }
+        ring_init(bar, slots);
+        for (; produced < (uint32_t)slots && produced < total; produced++)
+            ring_issue(smem, bar, slots, produced, src(produced), chunk);
     }
     __syncthreads();
     for (int t = 0; t < tasks; t++) {
@@ -122,18 +128,12 @@ __global__ void __launch_bounds__(512, 1) layered(const char *p, int tasks, int 
         }
         if (mode == 0) {
             for (uint32_t c = t * per_task; c < (t + 1) * per_task; c++) {
-                uint32_t b = sa(&bar[c % slots]), par = (c / slots) & 1u, done = 0;
-                while (!done)
-                    asm volatile("{\n .reg .pred q;\n mbarrier.try_wait.parity.shared::cta.b64 q, [%1], %2;\n selp.u32 %0, 1, 0, q;\n}\n"
-                                 : "=r"(done) : "r"(b), "r"(par) : "memory");
+                ring_wait(bar, slots, c);
                 const uint4 *s = (const uint4 *)(smem + (size_t)(c % slots) * chunk);
                 for (int i = threadIdx.x; i < chunk / 16; i += blockDim.x) acc ^= s[i].x;
                 __syncthreads();
                 if (threadIdx.x == 0 && produced < total) {
-                    uint32_t b2 = sa(&bar[produced % slots]);
-                    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b2), "r"(chunk) : "memory");
-                    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                                 ::"r"(sa(smem + (size_t)(produced % slots) * chunk)), "l"(src(produced)), "r"(chunk), "r"(b2) : "memory");
+                    ring_issue(smem, bar, slots, produced, src(produced), chunk);
                     produced++;
                 }
             }

@@ -3,11 +3,7 @@
 # transformers + torch.compile (reduce-overhead, static cache) on the same card in the same call,
 # Perfetto traces + timeline pictures for Qwen3-0.6B and Qwen3-8B, and the side-by-side table last.
 set -u
-OUT=${OUT:-build/gpu-out}
-mkdir -p "$OUT"
-# Megakernels prebuilt on the development machine travel in build/gpucache (tests/gpu/deps.sh).
-export MPK_CACHE_DIR="${MPK_CACHE_DIR:-$PWD/build/gpucache}"
-[ -d build/gpudeps ] && export LD_LIBRARY_PATH="$PWD/build/gpudeps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+. tests/gpu/env.sh
 MODELS=${MPK_BENCH_MODELS:-"qwen3-0.6b qwen3-1.7b qwen3-8b"}
 args=""
 for m in $MODELS; do args="$args --config $m"; done

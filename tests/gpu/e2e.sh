@@ -4,16 +4,7 @@
 # configs of Qwen3-0.6B, Llama-3.2-1B and Qwen3-8B (teacher-forced logits, 32 greedy tokens, two
 # requests in one batch). Uses the Criterion test file through tests/gpu/cr_shim.h.
 set -u
-OUT=${OUT:-build/gpu-out}
-mkdir -p "$OUT"
-# Megakernels prebuilt on the development machine travel in build/gpucache (tests/gpu/deps.sh).
-export MPK_CACHE_DIR="${MPK_CACHE_DIR:-$PWD/build/gpucache}"
-DEPS=""
-if [ -d build/gpudeps ]; then  # the GPU machine's image lacks cJSON, PCRE2, utf8proc (tests/gpu/deps.sh)
-    DEPS="-I$PWD/build/gpudeps/include -I$PWD/build/gpudeps/include/cjson"
-    export LIBRARY_PATH="$PWD/build/gpudeps/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
-    export LD_LIBRARY_PATH="$PWD/build/gpudeps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-fi
+. tests/gpu/env.sh
 cc -std=c11 -D_GNU_SOURCE -O2 -Wno-format-zero-length -Iinclude -Isrc -I/usr/include/cjson $DEPS \
    -include tests/gpu/cr_shim.h tests/test_model_e2e.c tests/gpu/cr_shim_main.c build/libmpk.a \
    -lcjson -lpcre2-8 -lutf8proc -ldl -lm -pthread -o build/e2e_gpu > "$OUT/e2e_build.log" 2>&1 \

@@ -14,20 +14,11 @@ set -u
 # On the device tool's machine ($OUT set) objects kept from an earlier call may predate the
 # copied sources: rebuild the library from scratch there.
 [ -n "${OUT:-}" ] && rm -rf build/src build/gen build/libmpk.a
-OUT=${OUT:-build/gpu-out}
-mkdir -p "$OUT"
-export MPK_CACHE_DIR="${MPK_CACHE_DIR:-$PWD/build/gpucache}"
-export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+. tests/gpu/env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
 
 # The GPU machine's image has no cJSON/PCRE2/utf8proc: tests/gpu/deps.sh copies them here.
-DEPS=""
-if [ -d build/gpudeps ]; then
-    DEPS="-I$PWD/build/gpudeps/include -I$PWD/build/gpudeps/include/cjson"
-    export LIBRARY_PATH="$PWD/build/gpudeps/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
-    export LD_LIBRARY_PATH="$PWD/build/gpudeps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-fi
 if ! make -j16 all build/test_mpk EXTRA_CFLAGS="$DEPS" > "$OUT/build.log" 2>&1; then
     echo "make all build/test_mpk failed (no Criterion here, see build.log); building the library and mpk"
     grep -m3 -E 'error|Error' "$OUT/build.log"

@@ -62,9 +62,16 @@ MPK_DEV const mpk_bf16 *mpk_stream_slot(uint32_t n) {
                               (size_t)(n % MPK_STREAM_NSLOTS) * MPK_STREAM_SLOT_BYTES);
 }
 
-// Chunks of the running task (0 without a stream).
+// Chunks of the running task (0 without a stream; a constant 0 when built without a ring, so
+// the runtime's stream bookkeeping compiles away).
 MPK_DEV uint32_t mpk_stream_task_chunks(const mpk_stream *s) {
+    if (MPK_STREAM_SLOTS == 0) return 0u;
     return s->active ? s->desc->stream_chunks : 0u;
+}
+
+// Thread 0, before a task's body: its chunks are the next ones of the stream.
+MPK_DEV void mpk_stream_begin_task(mpk_stream *s) {
+    if (MPK_STREAM_SLOTS > 0) s->task_first = s->consumed;
 }
 
 // Waits until chunk n has arrived (any number of threads may wait).

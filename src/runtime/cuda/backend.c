@@ -198,9 +198,8 @@ static mpk_status open_library(mpk_kernel *k) {
     for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
         *syms[i].slot = dlsym(s->so, syms[i].name);
         if (!*syms[i].slot) {
-            void *so = s->so;
-            s->so = NULL;  // unusable: keep dev_fail from calling into it
-            (void)so;
+            // Unusable: forget it so dev_fail never calls into it (not closed, as in cuda_destroy).
+            s->so = NULL;
             return mpk_fail(k, MPK_ERR_CUDA, "CUDA backend: %s lacks %s", s->so_path, syms[i].name);
         }
     }
