@@ -356,6 +356,10 @@ typedef struct mpk_profile_record {
     int64_t start_ns;       // backend clock, ns
     int64_t end_ns;
     int64_t wait_ns;        // time spent waiting for the task's event before start
+    int32_t inputs_ns;      // from start until the task's inputs were on chip (GPU: staged GEMV
+                            // rows, attention's k/v appended), -1 when the backend does not say
+    int32_t body_ns;        // from start until its outputs were written, before they are
+                            // published to the waiting tasks; -1 when the backend does not say
 } mpk_profile_record;
 
 // After a profiled mpk_run: the records in the order each worker ran them. *records points into

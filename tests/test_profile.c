@@ -57,6 +57,8 @@ Test(profile, one_record_per_task_monotone) {
             cr_assert(r[i].worker < 3);
             cr_expect_leq(r[i].start_ns, r[i].end_ns);
             cr_expect_geq(r[i].wait_ns, 0);
+            cr_expect_eq(r[i].inputs_ns, -1, "the CPU backend does not mark phases");
+            cr_expect_eq(r[i].body_ns, -1);
             cr_expect_geq(r[i].start_ns, last_end[r[i].worker], "worker %u goes back in time", r[i].worker);
             last_end[r[i].worker] = r[i].end_ns;
             char *s = &seen[(size_t)r[i].task * (size_t)(rs.iterations + 1) + (size_t)r[i].iteration];

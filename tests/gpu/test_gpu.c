@@ -532,7 +532,9 @@ static void run_case(gcase *c, const char *label, int workers, int schedulers, i
         mpk_run_get_stats(gpu, &rs);
         for (int64_t i = 0; i < n; i++)
             bad += rec[i].end_ns < rec[i].start_ns || rec[i].wait_ns < 0 || rec[i].task < 0 ||
-                   rec[i].task >= gs.num_tasks || rec[i].iteration < 1 || rec[i].iteration > rs.iterations;
+                   rec[i].task >= gs.num_tasks || rec[i].iteration < 1 || rec[i].iteration > rs.iterations ||
+                   rec[i].body_ns < 0 || rec[i].body_ns > rec[i].end_ns - rec[i].start_ns ||
+                   rec[i].inputs_ns > rec[i].body_ns;
         char pn[80];
         snprintf(pn, sizeof pn, "%s profile", name);
         record(pn, !over && !bad && n == (int64_t)gs.num_tasks * rs.iterations,

@@ -36,10 +36,10 @@ static int write_trace(const char *path, mpk_kernel *k, const mpk_profile_record
         const mpk_profile_record *x = &r[i];
         double ts = (double)x->start_ns / 1e3, dur = (double)(x->end_ns - x->start_ns) / 1e3;
         fprintf(f, "{\"ph\": \"X\", \"pid\": 0, \"tid\": %u, \"ts\": %.3f, \"dur\": %.3f, \"name\": \"%s\", \"cat\": \"%s\", "
-                   "\"args\": {\"task\": %d, \"layer\": \"%s\", \"iteration\": %d, \"wait_us\": %.3f, \"bytes\": %lld}}%s\n",
+                   "\"args\": {\"task\": %d, \"layer\": \"%s\", \"iteration\": %d, \"wait_us\": %.3f, \"inputs_us\": %.3f, \"body_us\": %.3f, \"bytes\": %lld}}%s\n",
                 x->worker, ts, dur, mpk_task_type_name(x->task_type), mpk_task_type_name(x->task_type), x->task,
-                mpk_layer_name(k, x->layer), x->iteration, (double)x->wait_ns / 1e3,
-                (long long)mpk_task_bytes(k, x->task), i + 1 < n ? "," : "");
+                mpk_layer_name(k, x->layer), x->iteration, (double)x->wait_ns / 1e3, (double)x->inputs_ns / 1e3,
+                (double)x->body_ns / 1e3, (long long)mpk_task_bytes(k, x->task), i + 1 < n ? "," : "");
     }
     fprintf(f, "]}\n");
     fclose(f);
@@ -106,8 +106,8 @@ static int write_svg(const char *path, mpk_kernel *k, const mpk_profile_record *
 }
 
 static void print_summary(mpk_kernel *k, const mpk_profile_record *r, int64_t n, int32_t from_iter) {
-    double total[16] = {0}, wait[16] = {0}, bytes[16] = {0}, all = 0;
-    int64_t count[16] = {0};
+    double total[16] = {0}, wait[16] = {0}, bytes[16] = {0}, inputs[16] = {0}, publish[16] = {0}, all = 0;
+    int64_t count[16] = {0}, ninputs[16] = {0}, npublish[16] = {0};
     int32_t iters = 0;
     for (int64_t i = 0; i < n; i++) {
         if (r[i].iteration < from_iter) continue;
@@ -117,21 +117,34 @@ static void print_summary(mpk_kernel *k, const mpk_profile_record *r, int64_t n,
         wait[t] += (double)r[i].wait_ns;
         bytes[t] += (double)mpk_task_bytes(k, r[i].task);
         count[t]++;
+        if (r[i].inputs_ns >= 0) {
+            inputs[t] += r[i].inputs_ns;
+            ninputs[t]++;
+        }
+        if (r[i].body_ns >= 0) {
+            publish[t] += d - r[i].body_ns;
+            npublish[t]++;
+        }
         all += d;
         if (r[i].iteration - from_iter + 1 > iters) iters = r[i].iteration - from_iter + 1;
     }
     printf("\nper task type over %d decode iterations (from iteration %d):\n", iters, from_iter);
-    printf("| task | count | total us | mean us | share | GB moved | GB/s | wait us |\n");
-    printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    printf("| task | count | total us | mean us | inputs us | publish us | share | GB moved | GB/s | wait us |\n");
+    printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     double wall_wait = 0;
     for (int t = 0; t < 16; t++) {
         if (!count[t]) continue;
         wall_wait += wait[t];
-        printf("| %s | %lld | %.1f | %.2f | %.1f%% | %.4f | %.1f | %.1f |\n", mpk_task_type_name(t), (long long)count[t],
-               total[t] / 1e3, total[t] / 1e3 / (double)count[t], 100 * total[t] / (all + 1e-9), bytes[t] / 1e9,
-               bytes[t] / (total[t] + 1e-9), wait[t] / 1e3);
+        char in[32] = "-", pub[32] = "-";
+        if (ninputs[t]) snprintf(in, sizeof in, "%.2f", inputs[t] / 1e3 / (double)ninputs[t]);
+        if (npublish[t]) snprintf(pub, sizeof pub, "%.2f", publish[t] / 1e3 / (double)npublish[t]);
+        printf("| %s | %lld | %.1f | %.2f | %s | %s | %.1f%% | %.4f | %.1f | %.1f |\n", mpk_task_type_name(t),
+               (long long)count[t], total[t] / 1e3, total[t] / 1e3 / (double)count[t], in, pub,
+               100 * total[t] / (all + 1e-9), bytes[t] / 1e9, bytes[t] / (total[t] + 1e-9), wait[t] / 1e3);
     }
     printf("workers spent %.1f us running tasks and %.1f us waiting on events\n", all / 1e3, wall_wait / 1e3);
+    printf("(mean us = inputs us, the time until a task's inputs were on chip, + its work + publish us,\n"
+           " the time to publish its outputs to the tasks waiting on them; '-' where the backend does not say)\n");
 }
 
 int cmd_profile(int argc, char **argv) {

@@ -335,6 +335,7 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
         __syncwarp();
     }
     __syncthreads();  // the block's cache writes are visible to all its threads after this
+    mpk_mark_inputs();
 
     for (int32_t r = 0; r < rows; r++) {
         const int32_t *pt = page_tables + (int64_t)entry_slot[row_entry[r]] * b->max_pages_per_request;

@@ -116,11 +116,24 @@ struct mpk_task_smem {
     float f[MPK_SCRATCH_FLOATS];
     float red[32];
     mpk_argmax_pair pairs[32];
+    long long inputs_mark;  // profiling: %globaltimer when the running task's inputs were on chip
+    int32_t marking;        // profiling: tasks mark their phases
 };
 
 MPK_DEV mpk_task_smem *mpk_smem() {
     __shared__ mpk_task_smem s;
     return &s;
+}
+
+// A task body calls this (all threads, after a barrier) once its inputs are on chip, so that a
+// profile tells the time to get the inputs from the time of the work (mpk_profile_record).
+MPK_DEV void mpk_mark_inputs() {
+    mpk_task_smem *s = mpk_smem();
+    if (threadIdx.x == 0 && s->marking) {
+        long long t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        s->inputs_mark = t;
+    }
 }
 
 // Dynamic shared memory every task may use whole (staged GEMV inputs, attention partials).

@@ -95,6 +95,7 @@ __device__ MPK_GEMV_OUTLINE void mpk_gemv_staged_tile(const mpk_bf16 *xs, int32_
         }
 #pragma unroll
         for (int r = 0; r < MPK_GEMV_ROWS; r++) {
+            if (r >= nr) break;  // (decode has one row: 10 shuffles, not 40)
             a0[r] = mpk_warp_sum(a0[r]);
             a1[r] = mpk_warp_sum(a1[r]);
         }
@@ -173,7 +174,8 @@ __device__ MPK_GEMV_OUTLINE void mpk_gemv_direct(XRows &xr, const mpk_bf16 *w, c
                 }
             }
 #pragma unroll
-            for (int r = 0; r < MPK_GEMV_ROWS; r++) acc[r] = mpk_warp_sum(acc[r]);
+            for (int r = 0; r < MPK_GEMV_ROWS; r++)
+                if (r < nr) acc[r] = mpk_warp_sum(acc[r]);
             if (lane == 0) {
                 for (int r = 0; r < nr; r++) {
                     float s = acc[r];
@@ -231,7 +233,8 @@ __device__ MPK_GEMV_OUTLINE void mpk_gemv_stream_chunks(const mpk_bf16 *xs, floa
                     }
                 }
 #pragma unroll
-                for (int r = 0; r < MPK_GEMV_ROWS; r++) acc[r] = mpk_warp_sum(acc[r]);
+                for (int r = 0; r < MPK_GEMV_ROWS; r++)
+                if (r < nr) acc[r] = mpk_warp_sum(acc[r]);
                 if (lane == 0) {
                     for (int r = 0; r < nr; r++) {
                         const int32_t row = r0 + r;
@@ -292,6 +295,7 @@ MPK_DEV bool mpk_gemv_streamed(XRows &xr, const mpk_bf16 *res, mpk_bf16 *out, in
         for (int32_t i = threadIdx.x; i < rows * n; i += blockDim.x)
             resv[i] = mpk_bf2f(res[(int64_t)(i / n) * ld_res + i % n]);
     __syncthreads();
+    mpk_mark_inputs();
     mpk_gemv_stream_chunks(xs, part, resv, res_staged, res, out, rows, K, n, ld_res, ld_out, rpc);
     return true;
 }
@@ -315,6 +319,7 @@ MPK_DEV void mpk_gemv(XRows &xr, const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf1
         const int32_t nr = min(tile, rows - r0);
         xr.stage(r0, nr, xs, K);
         __syncthreads();
+        if (r0 == 0) mpk_mark_inputs();
         mpk_gemv_staged_tile(xs, K, r0, nr, w, res, out, K, n, ld_w, ld_res, ld_out);
         __syncthreads();  // the next tile overwrites xs
     }

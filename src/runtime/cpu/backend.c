@@ -241,6 +241,7 @@ static int execute(cpu_thread *th, int32_t task, uint64_t it) {
             r->start_ns = t1 - rt->epoch_ns;
             r->end_ns = t2 - rt->epoch_ns;
             r->wait_ns = t1 - t0;
+            r->inputs_ns = r->body_ns = -1;
         } else {
             th->overflow = 1;
         }

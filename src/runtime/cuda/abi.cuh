@@ -11,7 +11,7 @@
 #include "../batch.h"
 
 // Bumped whenever a struct below changes; the host refuses a .so built for another version.
-#define MPK_DEV_ABI_VERSION 2
+#define MPK_DEV_ABI_VERSION 3
 
 // Threads of every block of the megakernel (workers and scheduler blocks alike).
 #define MPK_DEV_THREADS 512
@@ -60,6 +60,8 @@ typedef struct mpk_dev_prof {
     int64_t start_ns;
     int64_t end_ns;
     int64_t wait_ns;
+    int32_t inputs_ns;
+    int32_t body_ns;
 } mpk_dev_prof;
 
 typedef struct mpk_dev_worker_status {

@@ -21,6 +21,8 @@ _Static_assert(offsetof(mpk_dev_prof, start_ns) == offsetof(mpk_profile_record, 
                "profile record layout");
 _Static_assert(offsetof(mpk_dev_prof, wait_ns) == offsetof(mpk_profile_record, wait_ns),
                "profile record layout");
+_Static_assert(offsetof(mpk_dev_prof, body_ns) == offsetof(mpk_profile_record, body_ns),
+               "profile record layout");
 
 // ---- the driver library (only to find a device and its architecture) -----------------------------
 

@@ -170,12 +170,23 @@ struct mpk_worker_shared {
 // streaming across hand-offs. Measured on the H100 (bench/NOTES.md, v6): 48 KB beats 64, 96,
 // 128 and 192 KB on all three Qwen3 sizes (Qwen3-8B 6.24 against 6.73 ms/token at 192 KB):
 // a larger request competes with the running task's own loads, which are on the critical path.
+// MPK_PREFETCH_BULK=1 (experimental): one thread asks the copy engine (TMA) for the whole
+// range with one bulk L2 prefetch instead of every thread issuing one prefetch per 128-byte line.
+#ifndef MPK_PREFETCH_BULK
+#define MPK_PREFETCH_BULK 0
+#endif
 __device__ __forceinline__ void mpk_prefetch_weights(const mpk_task_desc &d) {
     if (!d.prefetch_bytes) return;
     const char *base = (const char *)d.operand[d.prefetch_operand];
     const uint32_t bytes = d.prefetch_bytes < MPK_PREFETCH_BYTES ? d.prefetch_bytes : MPK_PREFETCH_BYTES;
+#if MPK_PREFETCH_BULK
+    // (16-byte aligned start and size, as the instruction requires; weights are 256-byte aligned)
+    if (threadIdx.x == 0 && ((uintptr_t)base & 15u) == 0 && bytes >= 16u)
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base), "r"(bytes & ~15u) : "memory");
+#else
     for (uint32_t off = threadIdx.x * 128u; off < bytes; off += blockDim.x * 128u)
         asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off));
+#endif
 }
 
 // MPK_PREFETCH_SELF=1 (experimental, not yet measured): while waiting for task t's event, ask
@@ -216,7 +227,10 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
         if (ok) ws->state = MPK_DEV_W_RUNNING;  // an aborted wait stays visible to the host
         sh->flag = ok;
         sh->num_tokens = num_tokens >= 0 ? num_tokens : (ok ? a.batch->num_tokens : 0);
-        if (PROFILE) t_start = mpk_globaltimer();
+        if (PROFILE) {
+            mpk_smem()->inputs_mark = 0;
+            t_start = mpk_globaltimer();
+        }
     }
     __syncthreads();
     if (!sh->flag) return false;
@@ -229,6 +243,7 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
     const uint32_t task_layer = d.layer;
     __syncthreads();
     if (threadIdx.x == 0) {
+        const int64_t t_body = PROFILE ? mpk_globaltimer() : 0;
         // One release fence orders the block's outputs (the barrier above made them this
         // thread's to publish) before every increment; the adds themselves are then relaxed.
         asm volatile("fence.acq_rel.gpu;" ::: "memory");
@@ -267,6 +282,9 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
                 p->start_ns = t_start;
                 p->end_ns = mpk_globaltimer();
                 p->wait_ns = t_start - t_wait;
+                const long long in = mpk_smem()->inputs_mark;
+                p->inputs_ns = in ? (int32_t)(in - t_start) : -1;
+                p->body_ns = (int32_t)(t_body - t_start);
             }
         }
     }
@@ -426,6 +444,8 @@ __global__ void __launch_bounds__(MPK_DEV_THREADS, 1) mpk_megakernel(const __gri
     if (threadIdx.x == 0) {
         mpk_stream_off(mpk_stream_state(), &sh.desc);  // a static worker starts it
         sh.profiled = 0;
+        mpk_smem()->marking = PROFILE;
+        mpk_smem()->inputs_mark = 0;
     }
     __syncthreads();
     if (blk < a.num_workers) {
