@@ -43,6 +43,199 @@ MPK_DEV void mpk_fma8(float &acc, const uint4 xv, const float wf[8]) {
     for (int e = 0; e < 8; e++) acc = fmaf(xf[e], wf[e], acc);
 }
 
+// How many warps share a column pair (a power of two): enough that all warps stream even when a
+// task has few columns, never more than K has 256-element blocks.
+MPK_DEV int32_t mpk_gemv_split(int32_t n, int32_t K, int32_t nwarps) {
+    const int32_t pairs = (n + 1) / 2, blocks = (K + 255) / 256;
+    int32_t ks = 1;
+    while (ks * 2 <= nwarps && pairs * ks * 2 <= nwarps && ks * 2 <= blocks) ks *= 2;
+    return ks;
+}
+
+// ---- the weight pipeline ------------------------------------------------------------------------
+//
+// Each thread keeps its next MPK_WPIPE_SLOTS 16-byte weight loads in flight as asynchronous
+// copies (cp.async) into its own shared-memory slots, and reads each back when the product needs
+// it. The slots are the thread's own, so no barrier or mbarrier is involved: cp.async.wait_group
+// orders a thread's copies before its own reads. What this buys over loads into registers: the
+// first loads of a task are issued before its event fires (mpk_preload_task, generated per
+// variant, runs while the worker waits), so a GEMV's weights travel while its inputs are still
+// being produced, and no register is held across the wait or the input staging.
+// The thread's loads, in the order the staged product consumes them: column pairs j = j0,
+// j0 + jstep, ... (< n), within each k = k0, k0 + kstep, ... (< K), the pair's two rows at k (the
+// second row is the first again when j + 1 == n, as the product reads it).
+#ifndef MPK_WPIPE_SLOTS
+#define MPK_WPIPE_SLOTS 8
+#endif
+#define MPK_WPIPE_BYTES (MPK_WPIPE_SLOTS * 16 * MPK_DEV_THREADS)
+#if MPK_WPIPE_SLOTS > 0 && MPK_STREAM_SLOTS > 0
+#error "the weight pipeline and the weight stream share their shared-memory area: build one"
+#endif
+
+struct mpk_wpipe {
+    const mpk_bf16 *w;
+    int32_t ld_w, K, n, jstep, k0, kstep;
+    int32_t j, k, second;  // the next load to issue
+    uint32_t rd, wr;       // loads read back / issued (committed groups) so far
+    uint32_t base;         // shared address of this thread's slot 0
+
+    MPK_DEV void init(const mpk_bf16 *w_, int32_t K_, int32_t n_, int32_t ld_w_) {
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+        const int32_t ks = mpk_gemv_split(n_, K_, nwarps), seg = warp % ks;
+        w = w_;
+        ld_w = ld_w_;
+        K = K_;
+        n = n_;
+        jstep = (nwarps / ks) * 2;
+        j = (warp / ks) * 2;
+        if (warp / ks >= nwarps / ks) j = n;  // (a warp left over by the split has no columns)
+        k0 = k = lane * 8 + 256 * seg;
+        kstep = 256 * ks;
+        if (k0 >= K) j = n;
+        second = 0;
+        rd = wr = 0;
+        base = (uint32_t)__cvta_generic_to_shared(mpk_dyn_smem() + MPK_DYN_SMEM_BYTES / 16) + threadIdx.x * 16u;
+    }
+    // Issues the next load into slot wr % SLOTS (an empty group when none is left).
+    MPK_DEV void issue() {
+        if (j < n) {
+            const mpk_bf16 *src = w + (int64_t)(second && j + 1 < n ? j + 1 : j) * ld_w + k;
+            const uint32_t dst = base + (wr % MPK_WPIPE_SLOTS) * (16u * MPK_DEV_THREADS);
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+            if (second) {
+                k += kstep;
+                if (k >= K) {
+                    k = k0;
+                    j += jstep;
+                }
+            }
+            second ^= 1;
+        }
+        asm volatile("cp.async.commit_group;" ::: "memory");
+        wr++;
+    }
+    // Moves the cursor past loads that were already issued (by mpk_wpipe_prime before the wait).
+    MPK_DEV void skip() {
+        for (int i = 0; i < MPK_WPIPE_SLOTS; i++) {
+            if (j < n) {
+                if (second) {
+                    k += kstep;
+                    if (k >= K) {
+                        k = k0;
+                        j += jstep;
+                    }
+                }
+                second ^= 1;
+            }
+            wr++;
+        }
+    }
+    MPK_DEV void prime() {
+        for (int i = 0; i < MPK_WPIPE_SLOTS; i++) issue();
+    }
+    // The next 16 bytes of this thread's weights; refills the slot with the load SLOTS ahead.
+    MPK_DEV uint4 next() {
+        asm volatile("cp.async.wait_group %0;" ::"n"(MPK_WPIPE_SLOTS - 1) : "memory");
+        uint4 v;
+        const uint32_t a = base + (rd % MPK_WPIPE_SLOTS) * (16u * MPK_DEV_THREADS);
+        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(a) : "memory");
+        rd++;
+        issue();
+        return v;
+    }
+};
+
+MPK_DEV void mpk_wpipe_drain() {
+#if MPK_WPIPE_SLOTS > 0
+    asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+
+// Before a GEMV task's event fires (all threads of the block): its first SLOTS loads per thread,
+// when the task will take the staged path (the conditions of mpk_gemv below); the task finds
+// them through mpk_smem()->wpipe_w.
+MPK_DEV void mpk_wpipe_prime(const mpk_bf16 *w, int32_t K, int32_t n, int32_t ld_w) {
+#if MPK_WPIPE_SLOTS > 0
+    const bool ok = K % 8 == 0 && ld_w % 8 == 0 && mpk_aligned16(w) && K <= MPK_GEMV_STAGE_ELEMS && n > 0;
+    if (threadIdx.x == 0) mpk_smem()->wpipe_w = ok ? w : (const void *)0;
+    if (!ok) return;
+    mpk_wpipe p;
+    p.init(w, K, n, ld_w);
+    p.prime();
+#else
+    (void)w, (void)K, (void)n, (void)ld_w;
+#endif
+}
+
+// Same as mpk_gemv_staged_tile (below), its weights read through the pipeline.
+__device__ MPK_GEMV_OUTLINE void mpk_gemv_piped_tile(const mpk_bf16 *xs, int32_t ldk, int32_t r0,
+                                                    int32_t nr, const mpk_bf16 *w,
+                                                    const mpk_bf16 *res, mpk_bf16 *out, int32_t K,
+                                                    int32_t n, int32_t ld_w, int32_t ld_res,
+                                                    int32_t ld_out, bool primed) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    const int32_t ks = mpk_gemv_split(n, K, nwarps);
+    float *part = mpk_smem()->f;  // (ks, nr, n) partial sums when ks > 1
+    const int32_t seg = warp % ks, pstride = nwarps / ks;
+    mpk_wpipe p;
+    p.init(w, K, n, ld_w);
+    if (primed) p.skip(); else p.prime();
+    for (int32_t j = (warp / ks) * 2; j < n && warp / ks < pstride; j += pstride * 2) {
+        const bool two = j + 1 < n;
+        float a0[MPK_GEMV_ROWS], a1[MPK_GEMV_ROWS];
+#pragma unroll
+        for (int r = 0; r < MPK_GEMV_ROWS; r++) a0[r] = a1[r] = 0.0f;
+        for (int32_t k = lane * 8 + 256 * seg; k < K; k += 256 * ks) {
+            float f0[8], f1[8];
+            mpk_unpack8(p.next(), f0);
+            mpk_unpack8(p.next(), f1);
+#pragma unroll
+            for (int r = 0; r < MPK_GEMV_ROWS; r++) {
+                if (r >= nr) break;
+                const uint4 xv = *(const uint4 *)(xs + (int64_t)r * ldk + k);
+                mpk_fma8(a0[r], xv, f0);
+                mpk_fma8(a1[r], xv, f1);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < MPK_GEMV_ROWS; r++) {
+            if (r >= nr) break;
+            a0[r] = mpk_warp_sum(a0[r]);
+            a1[r] = mpk_warp_sum(a1[r]);
+        }
+        if (lane == 0) {
+            for (int r = 0; r < nr; r++) {
+                if (ks > 1) {
+                    part[((int64_t)seg * nr + r) * n + j] = a0[r];
+                    if (two) part[((int64_t)seg * nr + r) * n + j + 1] = a1[r];
+                    continue;
+                }
+                const int64_t row = r0 + r;
+                float s0 = a0[r], s1 = a1[r];
+                if (res) s0 += mpk_bf2f(res[row * ld_res + j]);
+                out[row * ld_out + j] = mpk_f2bf(s0);
+                if (two) {
+                    if (res) s1 += mpk_bf2f(res[row * ld_res + j + 1]);
+                    out[row * ld_out + j + 1] = mpk_f2bf(s1);
+                }
+            }
+        }
+    }
+    mpk_wpipe_drain();  // (the empty groups committed past the last load)
+    if (ks > 1) {
+        __syncthreads();
+        for (int32_t i = threadIdx.x; i < nr * n; i += blockDim.x) {
+            const int32_t r = i / n, j = i % n;
+            float sum = 0.0f;
+            for (int32_t g = 0; g < ks; g++) sum += part[((int64_t)g * nr + r) * n + j];
+            const int64_t row = r0 + r;
+            if (res) sum += mpk_bf2f(res[row * ld_res + j]);
+            out[row * ld_out + j] = mpk_f2bf(sum);
+        }
+    }
+}
+
 // Columns of one row tile whose nr (<= MPK_GEMV_ROWS) rows are staged in xs. A task with few
 // columns (small models: 8 columns of 1024 on 128 tasks) would leave most warps idle, so ks warps
 // share a column pair, each taking every ks-th 256-element block of K; their partial sums meet in
@@ -54,9 +247,7 @@ __device__ MPK_GEMV_OUTLINE void mpk_gemv_staged_tile(const mpk_bf16 *xs, int32_
                                                      int32_t n, int32_t ld_w, int32_t ld_res,
                                                      int32_t ld_out) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
-    const int32_t pairs = (n + 1) / 2, blocks = (K + 255) / 256;
-    int32_t ks = 1;
-    while (ks * 2 <= nwarps && pairs * ks * 2 <= nwarps && ks * 2 <= blocks) ks *= 2;
+    const int32_t ks = mpk_gemv_split(n, K, nwarps);
     float *part = mpk_smem()->f;  // (ks, nr, n) partial sums when ks > 1
     const int32_t seg = warp % ks, pstride = nwarps / ks;
     for (int32_t j = (warp / ks) * 2; j < n && warp / ks < pstride; j += pstride * 2) {
@@ -315,12 +506,20 @@ MPK_DEV void mpk_gemv(XRows &xr, const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf1
     }
     const int32_t tile = cap < MPK_GEMV_ROWS ? cap : MPK_GEMV_ROWS;
     mpk_bf16 *xs = (mpk_bf16 *)mpk_dyn_smem();  // (tile, K)
+#if MPK_WPIPE_SLOTS > 0
+    bool primed = mpk_smem()->wpipe_w == (const void *)w;  // (read before the barrier below)
+#endif
     for (int32_t r0 = 0; r0 < rows; r0 += tile) {
         const int32_t nr = min(tile, rows - r0);
         xr.stage(r0, nr, xs, K);
         __syncthreads();
         if (r0 == 0) mpk_mark_inputs();
+#if MPK_WPIPE_SLOTS > 0
+        mpk_gemv_piped_tile(xs, K, r0, nr, w, res, out, K, n, ld_w, ld_res, ld_out, primed);
+        primed = false;
+#else
         mpk_gemv_staged_tile(xs, K, r0, nr, w, res, out, K, n, ld_w, ld_res, ld_out);
+#endif
         __syncthreads();  // the next tile overwrites xs
     }
 }

@@ -5,6 +5,9 @@
 //
 // The generated .cu defines, after this file:
 //   __device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b, int32_t num_tokens);
+// Also generated: before task d's event fires, starts what of its body does not depend on its
+// inputs (a GEMV's first weight loads, when built with the weight pipeline; linear.cuh).
+__device__ void mpk_preload_task(const mpk_task_desc &d);
 // which runs task d with the whole block (false: unknown variant). Semantics mirror
 // src/runtime/cpu: see DESIGN.md §2.3 and the comments at each loop below.
 #ifndef MPK_RUNTIME_CUDA_RUNTIME_CUH
@@ -20,6 +23,9 @@
 #include "abi.cuh"
 
 __device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b, int32_t num_tokens);
+// Also generated: before task d's event fires, starts what of its body does not depend on its
+// inputs (a GEMV's first weight loads, when built with the weight pipeline; linear.cuh).
+__device__ void mpk_preload_task(const mpk_task_desc &d);
 
 // ---- memory ordering primitives -----------------------------------------------------------------
 // Release on every increment and publication, acquire on every poll, gpu scope: a task's outputs
@@ -212,6 +218,9 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
     int64_t t_wait = 0, t_start = 0;
     if (first || MPK_PREFETCH_SELF) mpk_prefetch_weights(dg);
     if (next >= 0 && !MPK_PREFETCH_SELF) mpk_prefetch_weights(a.tasks[next]);
+#if MPK_WPIPE_SLOTS > 0
+    mpk_preload_task(dg);
+#endif
     mpk_stream *stream = mpk_stream_state();
     if (threadIdx.x == 0) {
         if (PROFILE) t_wait = mpk_globaltimer();
@@ -235,6 +244,7 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
     __syncthreads();
     if (!sh->flag) return false;
     if (!mpk_dispatch_task(d, a.batch, sh->num_tokens) && threadIdx.x == 0) mpk_device_error(a, t);
+    mpk_wpipe_drain();  // loads a body did not read back (no rows this iteration, another path)
     // Read what the triggers need before the barrier: past it, warp 1 may already be copying
     // the next task's descriptor over sh->desc.
     const uint32_t trig_begin = d.trigger_begin, trig_end = d.trigger_end;
@@ -580,9 +590,9 @@ int mpk_dev_launch(const mpk_dev_args *args, int *blocks) {
     MPK_CUDA_CHECK(cudaGetDevice(&device));
     MPK_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     // Every block gets MPK_DYN_SMEM_BYTES of dynamic shared memory for its tasks (staged GEMV
-    // inputs, attention partials) and the weight stream's ring after it; one block per SM
+    // inputs, attention partials) and the weight stream's ring or pipeline slots after it; one block per SM
     // leaves the rest to the L1 cache.
-    const size_t dyn = MPK_DYN_SMEM_BYTES + MPK_STREAM_RING_BYTES;
+    const size_t dyn = MPK_DYN_SMEM_BYTES + MPK_STREAM_RING_BYTES + MPK_WPIPE_BYTES;
     MPK_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dyn));
     MPK_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, MPK_DEV_THREADS, dyn));
     if (per_sm < 1 || grid > sms) {
