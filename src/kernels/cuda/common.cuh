@@ -116,7 +116,6 @@ struct mpk_task_smem {
     float f[MPK_SCRATCH_FLOATS];
     float red[32];
     mpk_argmax_pair pairs[32];
-    const void *wpipe_w;    // weights whose first loads mpk_wpipe_prime issued (linear.cuh)
     long long inputs_mark;  // profiling: %globaltimer when the running task's inputs were on chip
     int32_t marking;        // profiling: tasks mark their phases
 };

@@ -254,20 +254,6 @@ mpk_status mpk_cuda_codegen(mpk_kernel *k, char **out) {
         mpk_sbuf_printf(&b, "    case %d: mpk_variant_%d(d, b, nt); return true;  // %s\n", i, i,
                         mpk_task_type_name(k->graph.variants[i].type));
     mpk_sbuf_printf(&b, "    default: return false;\n    }\n}\n");
-    // The preload: a GEMV's weights are operand 1 (2 after a norm), K, n and ld_w are p0, p1, p3.
-    mpk_sbuf_printf(&b, "\n// ==== preload: what a task may start before its event fires (runtime.cuh) ====\n"
-                        "__device__ void mpk_preload_task(const mpk_task_desc &d) {\n"
-                        "    switch (d.variant) {\n");
-    for (int32_t i = 0; i < k->graph.num_variants; i++) {
-        const mpk_variant *v = &k->graph.variants[i];
-        int w = v->type == MPK_TASK_RMSNORM_LINEAR ? 2
-                : (v->type == MPK_TASK_LINEAR || v->type == MPK_TASK_LINEAR_RESIDUAL ||
-                   v->type == MPK_TASK_SILU_MUL_LINEAR_RESIDUAL) ? 1 : -1;
-        if (w >= 0)
-            mpk_sbuf_printf(&b, "    case %d: mpk_wpipe_prime((const mpk_bf16 *)d.operand[%d], %d, %d, %d); return;\n",
-                            i, w, v->p[0], v->p[1], v->p[3]);
-    }
-    mpk_sbuf_printf(&b, "    default:\n        if (threadIdx.x == 0) mpk_smem()->wpipe_w = (const void *)0;\n    }\n}\n");
     if (b.failed) {
         free(b.s);
         return mpk_fail(k, MPK_ERR_NOMEM, "CUDA codegen: out of memory");

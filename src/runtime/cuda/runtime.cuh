@@ -5,9 +5,6 @@
 //
 // The generated .cu defines, after this file:
 //   __device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b, int32_t num_tokens);
-// Also generated: before task d's event fires, starts what of its body does not depend on its
-// inputs (a GEMV's first weight loads, when built with the weight pipeline; linear.cuh).
-__device__ void mpk_preload_task(const mpk_task_desc &d);
 // which runs task d with the whole block (false: unknown variant). Semantics mirror
 // src/runtime/cpu: see DESIGN.md §2.3 and the comments at each loop below.
 #ifndef MPK_RUNTIME_CUDA_RUNTIME_CUH
@@ -23,9 +20,6 @@ __device__ void mpk_preload_task(const mpk_task_desc &d);
 #include "abi.cuh"
 
 __device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b, int32_t num_tokens);
-// Also generated: before task d's event fires, starts what of its body does not depend on its
-// inputs (a GEMV's first weight loads, when built with the weight pipeline; linear.cuh).
-__device__ void mpk_preload_task(const mpk_task_desc &d);
 
 // ---- memory ordering primitives -----------------------------------------------------------------
 // Release on every increment and publication, acquire on every poll, gpu scope: a task's outputs
@@ -62,6 +56,9 @@ __device__ __forceinline__ unsigned long long *mpk_counter(const mpk_dev_args &a
 
 __device__ __forceinline__ bool mpk_aborted(const mpk_dev_args &a) { return *a.abort_flag != 0; }
 
+#ifndef MPK_POLL_MAX_NS
+#define MPK_POLL_MAX_NS 256u  // the longest sleep between two polls
+#endif
 // Polls until *p >= target (acquire), with a short back-off; false when the run is aborted.
 // One thread calls it.
 __device__ bool mpk_wait_geq(const mpk_dev_args &a, const unsigned long long *p,
@@ -72,7 +69,7 @@ __device__ bool mpk_wait_geq(const mpk_dev_args &a, const unsigned long long *p,
     unsigned ns = 32;
     for (unsigned spins = 1;; spins++) {
         __nanosleep(ns);
-        if (ns < 256) ns <<= 1;
+        if (ns < MPK_POLL_MAX_NS) ns <<= 1;
         if (mpk_ld_acquire(p) >= target) return true;
         if ((spins & 63) == 0 && mpk_aborted(a)) return false;
     }
@@ -163,6 +160,13 @@ __device__ bool mpk_iteration_step(const mpk_dev_args &a, uint32_t iter) {
 
 struct mpk_worker_shared {
     alignas(16) mpk_task_desc desc;  // the running task's descriptor, copied while its event is pending
+    // The prefetch window (static mode, MPK_PF_WINDOW > 0; thread 32's): positions g count the
+    // worker's list over iterations (task list[g % n]); bytes are the tasks' prefetch_bytes.
+    long long pf_pos;            // the task whose weights are asked for next ...
+    unsigned long long pf_off;   // ... from this byte on
+    unsigned long long pf_req;   // bytes asked for since the launch
+    long long pf_cons_pos;       // the first task not yet counted in pf_cons
+    unsigned long long pf_cons;  // bytes of the tasks before pf_cons_pos
     unsigned int profiled;  // profile records this block has attempted (thread 0)
     int32_t flag;
     int32_t num_tokens;   // rows of the iteration (static mode: read once per iteration)
@@ -195,6 +199,54 @@ __device__ __forceinline__ void mpk_prefetch_weights(const mpk_task_desc &d) {
 #endif
 }
 
+// MPK_PF_WINDOW > 0 (experimental): instead of the next task's first MPK_PREFETCH_BYTES, keep
+// L2 requests for this worker's weights running MPK_PF_WINDOW bytes ahead of the task about to
+// run, in list order (its own weights first, then the following tasks', wrapping into the next
+// iteration), with bulk prefetches. The requests are issued by thread 32 while thread 0
+// publishes the finished task and waits for the next one's event, so they never delay either.
+#ifndef MPK_PF_WINDOW
+#define MPK_PF_WINDOW 0u
+#endif
+#define MPK_PF_CHUNK (32u * 1024u)
+
+__device__ uint32_t mpk_pf_bytes(const mpk_dev_args &a, int32_t i0, int32_t n, long long g,
+                                 const char **base) {
+    const mpk_task_desc &d = a.tasks[a.worker_tasks[i0 + (int32_t)(g % n)]];
+    *base = (const char *)d.operand[d.prefetch_operand];
+    return d.prefetch_bytes;
+}
+
+// The task at list position g is about to run: extend the requests to MPK_PF_WINDOW bytes past
+// its first byte. One thread calls it.
+__device__ void mpk_prefetch_window(const mpk_dev_args &a, mpk_worker_shared *sh, int32_t i0,
+                                    int32_t n, long long g) {
+    const char *base;
+    while (sh->pf_cons_pos < g) {
+        sh->pf_cons += mpk_pf_bytes(a, i0, n, sh->pf_cons_pos, &base);
+        sh->pf_cons_pos++;
+    }
+    if (sh->pf_pos < g) {  // the window fell behind (a task larger than it): restart at g
+        sh->pf_pos = g;
+        sh->pf_off = 0;
+        sh->pf_req = sh->pf_cons;
+    }
+    while (sh->pf_req - sh->pf_cons < MPK_PF_WINDOW && sh->pf_pos < g + n) {
+        const uint32_t bytes = mpk_pf_bytes(a, i0, n, sh->pf_pos, &base);
+        if (sh->pf_off >= bytes) {
+            sh->pf_pos++;
+            sh->pf_off = 0;
+            continue;
+        }
+        unsigned long long c = bytes - sh->pf_off;
+        if (c > MPK_PF_CHUNK) c = MPK_PF_CHUNK;
+        if (((uintptr_t)base & 15u) == 0 && c >= 16u)
+            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + sh->pf_off),
+                         "r"((uint32_t)c & ~15u) : "memory");
+        sh->pf_off += c;
+        sh->pf_req += c;
+    }
+}
+
 // MPK_PREFETCH_SELF=1 (experimental, not yet measured): while waiting for task t's event, ask
 // L2 for t's own weights instead of the next task's. The next task's request competes with t's
 // own loads once t runs (v6: the smaller that request, the faster); t's own request only fills
@@ -204,10 +256,13 @@ __device__ __forceinline__ void mpk_prefetch_weights(const mpk_task_desc &d) {
 #endif
 // `next` (or -1) is the task this worker runs after t: its weights are requested now, one task
 // ahead, so they arrive while t runs and t's successors wait; `first` also requests t's own.
+// `pos` (static mode with a prefetch window): t's position in the worker's list, counted over
+// iterations; `i0`, `n` the list.
 template <bool PROFILE>
 __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32_t w,
                              int32_t t, uint32_t iter, int32_t next = -1, bool first = true,
-                             int32_t num_tokens = -1) {
+                             int32_t num_tokens = -1, long long pos = -1, int32_t i0 = 0,
+                             int32_t n = 0) {
     const mpk_task_desc &dg = a.tasks[t];
     const uint32_t ev = dg.wait_event;
     // The descriptor is constant: warp 1 copies it to shared memory while thread 0 waits, so
@@ -216,11 +271,12 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
         ((uint4 *)&sh->desc)[threadIdx.x - 32] = ((const uint4 *)&dg)[threadIdx.x - 32];
     const mpk_task_desc &d = sh->desc;
     int64_t t_wait = 0, t_start = 0;
-    if (first || MPK_PREFETCH_SELF) mpk_prefetch_weights(dg);
-    if (next >= 0 && !MPK_PREFETCH_SELF) mpk_prefetch_weights(a.tasks[next]);
-#if MPK_WPIPE_SLOTS > 0
-    mpk_preload_task(dg);
-#endif
+    if (MPK_PF_WINDOW > 0 && pos >= 0) {
+        if (first && threadIdx.x == 32) mpk_prefetch_window(a, sh, i0, n, pos);
+    } else {
+        if (first || MPK_PREFETCH_SELF) mpk_prefetch_weights(dg);
+        if (next >= 0 && !MPK_PREFETCH_SELF) mpk_prefetch_weights(a.tasks[next]);
+    }
     mpk_stream *stream = mpk_stream_state();
     if (threadIdx.x == 0) {
         if (PROFILE) t_wait = mpk_globaltimer();
@@ -244,7 +300,6 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
     __syncthreads();
     if (!sh->flag) return false;
     if (!mpk_dispatch_task(d, a.batch, sh->num_tokens) && threadIdx.x == 0) mpk_device_error(a, t);
-    mpk_wpipe_drain();  // loads a body did not read back (no rows this iteration, another path)
     // Read what the triggers need before the barrier: past it, warp 1 may already be copying
     // the next task's descriptor over sh->desc.
     const uint32_t trig_begin = d.trigger_begin, trig_end = d.trigger_end;
@@ -252,6 +307,8 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
     const uint32_t stream_chunks = mpk_stream_task_chunks(stream);
     const uint32_t task_layer = d.layer;
     __syncthreads();
+    // The window moves on to the next task while thread 0 publishes this one.
+    if (MPK_PF_WINDOW > 0 && pos >= 0 && threadIdx.x == 32) mpk_prefetch_window(a, sh, i0, n, pos + 1);
     if (threadIdx.x == 0) {
         const int64_t t_body = PROFILE ? mpk_globaltimer() : 0;
         // One release fence orders the block's outputs (the barrier above made them this
@@ -335,7 +392,8 @@ __device__ void mpk_worker_static(const mpk_dev_args &a, mpk_worker_shared *sh, 
             // The next task, wrapping to the first of the next iteration (layer 0's weights
             // arrive during the LM head).
             const int32_t next = i + 1 < i1 ? a.worker_tasks[i + 1] : a.worker_tasks[i0];
-            if (!mpk_run_task<PROFILE>(a, sh, w, a.worker_tasks[i], iter, next, iter == 1 && i == i0, nt))
+            if (!mpk_run_task<PROFILE>(a, sh, w, a.worker_tasks[i], iter, next, iter == 1 && i == i0, nt,
+                                       (long long)(iter - 1) * (i1 - i0) + (i - i0), i0, i1 - i0))
                 return;
         }
         if (w == 0 && threadIdx.x == 0) {
@@ -454,6 +512,8 @@ __global__ void __launch_bounds__(MPK_DEV_THREADS, 1) mpk_megakernel(const __gri
     if (threadIdx.x == 0) {
         mpk_stream_off(mpk_stream_state(), &sh.desc);  // a static worker starts it
         sh.profiled = 0;
+        sh.pf_pos = sh.pf_cons_pos = 0;
+        sh.pf_off = sh.pf_req = sh.pf_cons = 0;
         mpk_smem()->marking = PROFILE;
         mpk_smem()->inputs_mark = 0;
     }
@@ -590,9 +650,9 @@ int mpk_dev_launch(const mpk_dev_args *args, int *blocks) {
     MPK_CUDA_CHECK(cudaGetDevice(&device));
     MPK_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     // Every block gets MPK_DYN_SMEM_BYTES of dynamic shared memory for its tasks (staged GEMV
-    // inputs, attention partials) and the weight stream's ring or pipeline slots after it; one block per SM
+    // inputs, attention partials) and the weight stream's ring after it; one block per SM
     // leaves the rest to the L1 cache.
-    const size_t dyn = MPK_DYN_SMEM_BYTES + MPK_STREAM_RING_BYTES + MPK_WPIPE_BYTES;
+    const size_t dyn = MPK_DYN_SMEM_BYTES + MPK_STREAM_RING_BYTES;
     MPK_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dyn));
     MPK_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, MPK_DEV_THREADS, dyn));
     if (per_sm < 1 || grid > sms) {
