@@ -99,11 +99,12 @@ MPK_DEV int64_t mpk_attn_cache_offset(const mpk_batch *b, const int32_t *page_ta
 // chunk of positions for all G heads at once (a key and value row is loaded once for the group),
 // four positions at a time so that their loads are in flight together, and leaves per head
 // (acc[D], max, sum) in shared memory for the combine.
+// kvs (or null): positions [t0, t1) already in shared memory, (position, key | value, D) bf16.
 template <int ND>
 MPK_DEV void mpk_attn_chunk_grouped(const float *qs, const mpk_bf16 *k_cache, const mpk_bf16 *v_cache,
                                     const mpk_batch *b, const int32_t *pt, int32_t t0, int32_t t1,
                                     int32_t G, int32_t D, int32_t page_size, int64_t page_stride,
-                                    float scale, float *unit) {
+                                    float scale, float *unit, const mpk_bf16 *kvs) {
     const int lane = threadIdx.x % 32;
     float q[4][ND], acc[4][ND], m[4], l[4];
 #pragma unroll
@@ -123,6 +124,15 @@ MPK_DEV void mpk_attn_chunk_grouped(const float *qs, const mpk_bf16 *k_cache, co
         // for the scores).
 #pragma unroll
         for (int j = 0; j < 4; j++) {
+            if (kvs) {
+                off[j] = t + j < t1 ? (int64_t)(t + j) * 2 * D : -1;
+#pragma unroll
+                for (int i = 0; i < ND; i++) {
+                    kf[j][i] = off[j] >= 0 ? mpk_bf2f(kvs[off[j] + lane + 32 * i]) : 0.0f;
+                    vv[j][i] = off[j] >= 0 ? mpk_bf2f(kvs[off[j] + D + lane + 32 * i]) : 0.0f;
+                }
+                continue;
+            }
             off[j] = t + j < t1 ? mpk_attn_cache_offset(b, pt, t + j, D, page_size, page_stride) : -1;
 #pragma unroll
             for (int i = 0; i < ND; i++) {
@@ -181,7 +191,7 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
                           const mpk_bf16 *v_cache, const mpk_bf16 *q_norm, const float *inv_freq,
                           const mpk_batch *b, const int32_t *pt, int32_t pos, int32_t G, int32_t D,
                           int32_t page_size, int64_t page_stride, float eps, float scale,
-                          mpk_bf16 *out_row, bool q_ready) {
+                          mpk_bf16 *out_row, bool q_ready, const mpk_bf16 *kvs) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
     float *qs = (float *)mpk_dyn_smem();  // (G, D), already prepared when q_ready
     float *units = qs + G * D;             // (G * C, D + 2)
@@ -206,9 +216,9 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
             const int32_t t0 = warp * chunk, t1 = min(pos + 1, t0 + chunk);
             float *unit = units + (int64_t)warp * G * (D + 2);
             if (D == 128)
-                mpk_attn_chunk_grouped<4>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit);
+                mpk_attn_chunk_grouped<4>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
             else
-                mpk_attn_chunk_grouped<2>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit);
+                mpk_attn_chunk_grouped<2>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
         }
         __syncthreads();
         for (int32_t i = threadIdx.x; i < G * D; i += blockDim.x) {
@@ -292,6 +302,61 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
     __syncthreads();  // qs and units are reused by the next row
 }
 
+// ---- keys and values of earlier positions, copied before the task's event -----------------------
+// Positions before the decode row's were written by earlier iterations: they do not depend on
+// this iteration's qkv row, so while the worker waits for the attention task's event its threads
+// copy them (and look up the row's own cache offset) into shared memory with cp.async; after the
+// event only the row's own key and value are computed, and the product reads shared memory. Only
+// for one decode row (batch 1), the grouped fast path, and contexts that fit: others read the
+// cache as before. Shared memory (dynamic, floats): [0, MPK_ATTN_KV_OFF) the body's q and
+// partials, then (position, key | value, D) bf16, up to the key buffers at the end.
+#define MPK_ATTN_KV_OFF 10240
+
+MPK_DEV int32_t mpk_attn_kv_cap(int32_t G, int32_t D) {
+    const int32_t nwarps = blockDim.x / 32;
+    if (G > 4 || !(D == 64 || D == 128) || G * D + nwarps * G * (D + 2) > MPK_ATTN_KV_OFF) return 0;
+    return (MPK_DYN_SMEM_BYTES / 4 - nwarps * D - MPK_ATTN_KV_OFF) / D;  // a position: 2 D bf16 = D floats
+}
+
+MPK_DEV mpk_bf16 *mpk_attn_kv_smem() { return (mpk_bf16 *)((float *)mpk_dyn_smem() + MPK_ATTN_KV_OFF); }
+
+// All threads, before the event; nt is the iteration's row count.
+MPK_DEV void mpk_attention_preload(const mpk_bf16 *k_cache, const mpk_bf16 *v_cache, const mpk_batch *b,
+                                   int32_t nt, int32_t G, int32_t D, int32_t page_size,
+                                   int64_t page_stride) {
+    mpk_task_smem *s = mpk_smem();
+    if (threadIdx.x == 0) s->pre_k = 0;
+    if (nt != 1) return;
+    const int32_t cap = mpk_attn_kv_cap(G, D);
+    const int32_t *row_entry = MPK_BATCH_CARRAY(b, off_row_entry, int32_t);
+    const int32_t *row_pos = MPK_BATCH_CARRAY(b, off_row_pos, int32_t);
+    const int32_t *entry_slot = MPK_BATCH_CARRAY(b, off_entry_slot, int32_t);
+    const int32_t *pt = MPK_BATCH_CARRAY(b, off_page_table, int32_t) +
+                        (int64_t)entry_slot[row_entry[0]] * b->max_pages_per_request;
+    const int32_t pos = row_pos[0];
+    if (pos < 0 || pos >= cap) return;
+    const int64_t off_cur = mpk_attn_cache_offset(b, pt, pos, D, page_size, page_stride);
+    if (off_cur < 0) return;
+    mpk_bf16 *kv = mpk_attn_kv_smem();
+    const int32_t per = D / 8;  // 16-byte pieces of a row
+    for (int32_t i = threadIdx.x; i < pos * 2 * per; i += blockDim.x) {
+        const int32_t t = i / (2 * per), c = i % (2 * per);
+        const int64_t off = mpk_attn_cache_offset(b, pt, t, D, page_size, page_stride);
+        if (off < 0) {
+            s->pre_bad = 1;
+            continue;
+        }
+        const mpk_bf16 *src = (c < per ? k_cache : v_cache) + off + (c % per) * 8;
+        const uint32_t dst = (uint32_t)__cvta_generic_to_shared(kv + (int64_t)t * 2 * D + (c < per ? 0 : D) + (c % per) * 8);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+    }
+    if (threadIdx.x == 0) {
+        s->pre_k = k_cache;
+        s->pre_pos = pos;
+        s->pre_off = off_cur;
+    }
+}
+
 // Not inlined: keeps its registers out of the GEMV variants' allocation (spills).
 __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache,
                                 const mpk_bf16 *q_norm, const mpk_bf16 *k_norm,
@@ -312,6 +377,10 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
     }
     // (D) this warp's key being prepared, at the end of the area: the start holds row 0's q.
     float *buf = (float *)mpk_dyn_smem() + (MPK_DYN_SMEM_BYTES / 4 - nwarps * D) + warp * D;
+    // Earlier positions copied before the event (mpk_attention_preload), for this very row.
+    mpk_task_smem *sm = mpk_smem();
+    const bool pre = sm->pre_k == (const void *)k_cache && rows == 1 && sm->pre_pos == row_pos[0] && !sm->pre_bad;
+    mpk_bf16 *kvs = pre ? mpk_attn_kv_smem() : (mpk_bf16 *)0;
     // Decode (few rows): the warps left over prepare row 0's query heads while the others append
     // the keys, saving the attention one dependent round of loads, norms and rotations.
     const bool early_q = rows >= 1 && rows + G <= nwarps;
@@ -323,26 +392,38 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
 
     // Every row's k and v first: a prefill chunk's rows attend to each other's positions.
     for (int32_t r = warp; r < rows; r += nwarps) {
-        const int32_t *pt = page_tables + (int64_t)entry_slot[row_entry[r]] * b->max_pages_per_request;
-        const int64_t off = mpk_attn_cache_offset(b, pt, row_pos[r], D, page_size, page_stride);
+        int64_t off = sm->pre_off;
+        if (!pre) {
+            const int32_t *pt = page_tables + (int64_t)entry_slot[row_entry[r]] * b->max_pages_per_request;
+            off = mpk_attn_cache_offset(b, pt, row_pos[r], D, page_size, page_stride);
+        }
         if (off < 0) continue;
         const mpk_bf16 *k = qkv + (int64_t)r * ld_qkv + (int64_t)G * D;  // (D), then v (D)
         mpk_attn_prepare(k, k_norm, inv_freq, row_pos[r], D, eps, buf);
+        mpk_bf16 *ks = kvs ? kvs + (int64_t)row_pos[r] * 2 * D : (mpk_bf16 *)0;  // (the row's slot)
         for (int32_t d = lane; d < D; d += 32) {
-            k_cache[off + d] = mpk_f2bf(buf[d]);
-            v_cache[off + d] = k[D + d];
+            const mpk_bf16 kb = mpk_f2bf(buf[d]), vb = k[D + d];
+            k_cache[off + d] = kb;
+            v_cache[off + d] = vb;
+            if (ks) {
+                ks[d] = kb;
+                ks[D + d] = vb;
+            }
         }
         __syncwarp();
     }
+    asm volatile("cp.async.wait_all;" ::: "memory");  // this thread's copies of the preload
     __syncthreads();  // the block's cache writes are visible to all its threads after this
     mpk_mark_inputs();
 
     for (int32_t r = 0; r < rows; r++) {
-        const int32_t *pt = page_tables + (int64_t)entry_slot[row_entry[r]] * b->max_pages_per_request;
+        // (with kvs the product reads shared memory only: no page-table lookups)
+        const int32_t *pt = kvs ? page_tables : page_tables + (int64_t)entry_slot[row_entry[r]] * b->max_pages_per_request;
         mpk_attn_row(qkv + (int64_t)r * ld_qkv, k_cache, v_cache, q_norm, inv_freq, b, pt,
                      row_pos[r], G, D, page_size, page_stride, eps, scale, out + (int64_t)r * ld_out,
-                     r == 0 && early_q);
+                     r == 0 && early_q, kvs);
     }
+    if (threadIdx.x == 0) sm->pre_bad = 0;  // (after the body's last barrier)
 }
 
 #endif  // MPK_KERNELS_CUDA_ATTENTION_CUH

@@ -116,6 +116,11 @@ struct mpk_task_smem {
     float f[MPK_SCRATCH_FLOATS];
     float red[32];
     mpk_argmax_pair pairs[32];
+    // Attention's keys and values copied to shared memory before its event (attention.cuh):
+    const void *pre_k;      // the k cache they come from (null: none)
+    long long pre_off;      // cache offset of the decode row's position
+    int32_t pre_pos;        // the decode row's position; [0, pre_pos) are being copied
+    int32_t pre_bad;        // a position was not mapped: do not use them
     long long inputs_mark;  // profiling: %globaltimer when the running task's inputs were on chip
     int32_t marking;        // profiling: tasks mark their phases
 };

@@ -254,6 +254,18 @@ mpk_status mpk_cuda_codegen(mpk_kernel *k, char **out) {
         mpk_sbuf_printf(&b, "    case %d: mpk_variant_%d(d, b, nt); return true;  // %s\n", i, i,
                         mpk_task_type_name(k->graph.variants[i].type));
     mpk_sbuf_printf(&b, "    default: return false;\n    }\n}\n");
+    // The preload (runtime.cuh): attention of one kv head per task (p9 == 1) copies the earlier
+    // positions' keys and values; every other task only says it preloaded nothing.
+    mpk_sbuf_printf(&b, "\n// ==== preload: what a task starts before its event fires ====\n"
+                        "__device__ void mpk_preload_task(const mpk_task_desc &d, const mpk_batch *b, int32_t nt) {\n"
+                        "    switch (d.variant) {\n");
+    for (int32_t i = 0; i < k->graph.num_variants; i++) {
+        const mpk_variant *v = &k->graph.variants[i];
+        if (v->type == MPK_TASK_ATTENTION && v->p[9] == 1)  // k_cache, v_cache | G, D, page_size, page_stride
+            mpk_sbuf_printf(&b, "    case %d: mpk_attention_preload(" OP(CBF, 1) ", " OP(CBF, 2) ", b, nt, %d, %d, %d, %d); return;\n",
+                            i, v->p[0], v->p[1], v->p[4], v->p[5]);
+    }
+    mpk_sbuf_printf(&b, "    default:\n        if (threadIdx.x == 0) mpk_smem()->pre_k = (const void *)0;\n    }\n}\n");
     if (b.failed) {
         free(b.s);
         return mpk_fail(k, MPK_ERR_NOMEM, "CUDA codegen: out of memory");

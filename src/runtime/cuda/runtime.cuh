@@ -20,6 +20,9 @@
 #include "abi.cuh"
 
 __device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b, int32_t num_tokens);
+// Also generated: what task d may start before its event fires, all threads, nt rows this
+// iteration (attention: the earlier positions' keys and values into shared memory).
+__device__ void mpk_preload_task(const mpk_task_desc &d, const mpk_batch *b, int32_t nt);
 
 // ---- memory ordering primitives -----------------------------------------------------------------
 // Release on every increment and publication, acquire on every poll, gpu scope: a task's outputs
@@ -277,6 +280,7 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
         if (first || MPK_PREFETCH_SELF) mpk_prefetch_weights(dg);
         if (next >= 0 && !MPK_PREFETCH_SELF) mpk_prefetch_weights(a.tasks[next]);
     }
+    if (num_tokens >= 0) mpk_preload_task(dg, a.batch, num_tokens);  // (static mode knows the rows now)
     mpk_stream *stream = mpk_stream_state();
     if (threadIdx.x == 0) {
         if (PROFILE) t_wait = mpk_globaltimer();
@@ -516,6 +520,8 @@ __global__ void __launch_bounds__(MPK_DEV_THREADS, 1) mpk_megakernel(const __gri
         sh.pf_off = sh.pf_req = sh.pf_cons = 0;
         mpk_smem()->marking = PROFILE;
         mpk_smem()->inputs_mark = 0;
+        mpk_smem()->pre_k = 0;
+        mpk_smem()->pre_bad = 0;
     }
     __syncthreads();
     if (blk < a.num_workers) {
