@@ -161,6 +161,18 @@ __device__ bool mpk_iteration_step(const mpk_dev_args &a, uint32_t iter) {
 
 // ---- running one task -----------------------------------------------------------------------------
 
+// Profiling is a run-time flag of the one megakernel: a second, template-specialised kernel for
+// profiled runs doubled the generated code nvcc compiles. MPK_PROFILE_TEMPLATE=1 builds both
+// (PROFILE a compile-time constant, as before).
+#ifndef MPK_PROFILE_TEMPLATE
+#define MPK_PROFILE_TEMPLATE 0
+#endif
+#if MPK_PROFILE_TEMPLATE
+#define MPK_PROFILING(PROFILE, a) (PROFILE)
+#else
+#define MPK_PROFILING(PROFILE, a) ((a).profiling != 0)
+#endif
+
 struct mpk_worker_shared {
     alignas(16) mpk_task_desc desc;  // the running task's descriptor, copied while its event is pending
     // The prefetch window (static mode, MPK_PF_WINDOW > 0; thread 32's): positions g count the
@@ -174,6 +186,7 @@ struct mpk_worker_shared {
     int32_t flag;
     int32_t num_tokens;   // rows of the iteration (static mode: read once per iteration)
     unsigned long long entry;
+    long long t_wait, t_start;  // profiling (thread 0): the running task's wait began, it started
 };
 
 // Waits for the task's event, runs it with the whole block, triggers its events. All threads
@@ -268,12 +281,12 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
                              int32_t n = 0) {
     const mpk_task_desc &dg = a.tasks[t];
     const uint32_t ev = dg.wait_event;
+    const bool prof = MPK_PROFILING(PROFILE, a);
     // The descriptor is constant: warp 1 copies it to shared memory while thread 0 waits, so
     // the task body reads it from there instead of going back to global memory after the wait.
     if (threadIdx.x >= 32 && threadIdx.x < 40)
         ((uint4 *)&sh->desc)[threadIdx.x - 32] = ((const uint4 *)&dg)[threadIdx.x - 32];
     const mpk_task_desc &d = sh->desc;
-    int64_t t_wait = 0, t_start = 0;
     if (MPK_PF_WINDOW > 0 && pos >= 0) {
         if (first && threadIdx.x == 32) mpk_prefetch_window(a, sh, i0, n, pos);
     } else {
@@ -283,7 +296,7 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
     if (num_tokens >= 0) mpk_preload_task(dg, a.batch, num_tokens);  // (static mode knows the rows now)
     mpk_stream *stream = mpk_stream_state();
     if (threadIdx.x == 0) {
-        if (PROFILE) t_wait = mpk_globaltimer();
+        if (prof) sh->t_wait = mpk_globaltimer();
         mpk_stream_begin_task(stream);
         mpk_dev_worker_status *ws = &a.worker_status[w];
         ws->task = t;
@@ -296,9 +309,9 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
         if (ok) ws->state = MPK_DEV_W_RUNNING;  // an aborted wait stays visible to the host
         sh->flag = ok;
         sh->num_tokens = num_tokens >= 0 ? num_tokens : (ok ? a.batch->num_tokens : 0);
-        if (PROFILE) {
+        if (prof) {
             mpk_smem()->inputs_mark = 0;
-            t_start = mpk_globaltimer();
+            sh->t_start = mpk_globaltimer();
         }
     }
     __syncthreads();
@@ -320,7 +333,7 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
     // The window moves on to the next task while thread 0 publishes this one.
     if (MPK_PF_WINDOW > 0 && pos >= 0 && threadIdx.x == 32) mpk_prefetch_window(a, sh, i0, n, pos + 1);
     if (threadIdx.x == 0) {
-        const int64_t t_body = PROFILE ? mpk_globaltimer() : 0;
+        const int64_t t_body = prof ? mpk_globaltimer() : 0;
         // One release fence orders the block's outputs (the barrier above made them this
         // thread's to publish) before every increment; the adds themselves are then relaxed.
         asm volatile("fence.acq_rel.gpu;" ::: "memory");
@@ -346,7 +359,7 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
         // are waited for and released, after the triggers so that successors start first.
         mpk_stream_drain_task(stream, stream_chunks);
         a.worker_status[w].state = MPK_DEV_W_IDLE;
-        if (PROFILE) {
+        if (prof) {
             const unsigned int n = sh->profiled++;
             a.profile_count[w] = sh->profiled;  // only this thread writes it
             if ((int32_t)n < a.profile_capacity) {
@@ -356,9 +369,10 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
                 p->task = t;
                 p->layer = (int32_t)task_layer;
                 p->iteration = (int32_t)iter;
+                const int64_t t_start = sh->t_start;  // (shared: no register held across the body)
                 p->start_ns = t_start;
                 p->end_ns = mpk_globaltimer();
-                p->wait_ns = t_start - t_wait;
+                p->wait_ns = t_start - sh->t_wait;
                 const long long in = mpk_smem()->inputs_mark;
                 p->inputs_ns = in ? (int32_t)(in - t_start) : -1;
                 p->body_ns = (int32_t)(t_body - t_start);
@@ -517,6 +531,7 @@ __device__ void mpk_scheduler(const mpk_dev_args &a, int32_t s) {
 // warps each (static mode launches none).
 template <bool PROFILE>
 __global__ void __launch_bounds__(MPK_DEV_THREADS, 1) mpk_megakernel(const __grid_constant__ mpk_dev_args a) {
+    const bool prof = MPK_PROFILING(PROFILE, a);
     __shared__ mpk_worker_shared sh;
     const int32_t blk = (int32_t)blockIdx.x;
     if (threadIdx.x == 0) {
@@ -524,7 +539,7 @@ __global__ void __launch_bounds__(MPK_DEV_THREADS, 1) mpk_megakernel(const __gri
         sh.profiled = 0;
         sh.pf_pos = sh.pf_cons_pos = 0;
         sh.pf_off = sh.pf_req = sh.pf_cons = 0;
-        mpk_smem()->marking = PROFILE;
+        mpk_smem()->marking = prof;
         mpk_smem()->inputs_mark = 0;
         mpk_smem()->pre_k = 0;
         mpk_smem()->pre_bad = 0;
@@ -654,7 +669,11 @@ int mpk_dev_host_free(void *host) {
 // Checks that every block can be resident at once and launches cooperatively (which the driver
 // refuses, rather than hangs, when they cannot). *blocks gets the grid size.
 int mpk_dev_launch(const mpk_dev_args *args, int *blocks) {
+#if MPK_PROFILE_TEMPLATE
     const void *fn = args->profiling ? (const void *)mpk_megakernel<true> : (const void *)mpk_megakernel<false>;
+#else
+    const void *fn = (const void *)mpk_megakernel<false>;  // (profiling: a.profiling)
+#endif
     const int sched_blocks = (args->num_schedulers + MPK_DEV_SCHEDULERS_PER_BLOCK - 1) / MPK_DEV_SCHEDULERS_PER_BLOCK;
     const int grid = args->num_workers + sched_blocks;
     *blocks = grid;
