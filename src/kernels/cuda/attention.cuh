@@ -9,6 +9,11 @@
 
 #define MPK_ATTN_MAX_D 512                 // as MPK_ATTENTION_MAX_HEAD_DIM on the CPU
 #define MPK_ATTN_LANE_D (MPK_ATTN_MAX_D / 32)  // head elements per lane
+// Probe: where attention's "inputs" mark is taken (0: keys appended; 1: partial products done;
+// 2: combined), to split its time in a profile.
+#ifndef MPK_ATTN_MARK
+#define MPK_ATTN_MARK 0
+#endif
 
 // dst = RoPE(RMSNorm(x)) for one head, by one warp; dst is the warp's D floats of shared memory.
 MPK_DEV void mpk_attn_prepare_head(const mpk_bf16 *x, const mpk_bf16 *norm_w,
@@ -221,6 +226,7 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
                 mpk_attn_chunk_grouped<2>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
         }
         __syncthreads();
+        if (MPK_ATTN_MARK == 1) mpk_mark_inputs();
         for (int32_t i = threadIdx.x; i < G * D; i += blockDim.x) {
             const int32_t g = i / D, d = i % D;
             float M = -INFINITY;
@@ -236,6 +242,7 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
             out_row[(int64_t)g * D + d] = mpk_f2bf(den > 0.0f ? num / den : __int_as_float(0x7fc00000));
         }
         __syncthreads();
+        if (MPK_ATTN_MARK == 2) mpk_mark_inputs();
         return;
     }
     const int32_t chunk = (pos + 1 + C - 1) / C;
@@ -311,6 +318,12 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
 // cache as before. Shared memory (dynamic, floats): [0, MPK_ATTN_KV_OFF) the body's q and
 // partials, then (position, key | value, D) bf16, up to the key buffers at the end.
 #define MPK_ATTN_KV_OFF 10240
+// Off by default: measured on the H100 (bench/NOTES.md, v7) it made no task faster and the step
+// 2-3% slower (the copies' page-table lookups run before thread 0 polls the event, and the
+// attention body did not shrink: its time is not in the key/value loads).
+#ifndef MPK_ATTN_PRELOAD
+#define MPK_ATTN_PRELOAD 0
+#endif
 
 MPK_DEV int32_t mpk_attn_kv_cap(int32_t G, int32_t D) {
     const int32_t nwarps = blockDim.x / 32;
@@ -326,7 +339,7 @@ MPK_DEV void mpk_attention_preload(const mpk_bf16 *k_cache, const mpk_bf16 *v_ca
                                    int64_t page_stride) {
     mpk_task_smem *s = mpk_smem();
     if (threadIdx.x == 0) s->pre_k = 0;
-    if (nt != 1) return;
+    if (nt != 1 || !MPK_ATTN_PRELOAD) return;
     const int32_t cap = mpk_attn_kv_cap(G, D);
     const int32_t *row_entry = MPK_BATCH_CARRAY(b, off_row_entry, int32_t);
     const int32_t *row_pos = MPK_BATCH_CARRAY(b, off_row_pos, int32_t);
@@ -414,7 +427,7 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
     }
     asm volatile("cp.async.wait_all;" ::: "memory");  // this thread's copies of the preload
     __syncthreads();  // the block's cache writes are visible to all its threads after this
-    mpk_mark_inputs();
+    if (MPK_ATTN_MARK == 0) mpk_mark_inputs();
 
     for (int32_t r = 0; r < rows; r++) {
         // (with kvs the product reads shared memory only: no page-table lookups)

@@ -323,12 +323,6 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
     const uint16_t task_type = d.type;
     const uint32_t stream_chunks = mpk_stream_task_chunks(stream);
     const uint32_t task_layer = d.layer;
-    // MPK_FENCE_ALL=1 (experimental): every warp waits for its own writes before the barrier, in
-    // parallel, so that thread 0's release fence after it finds nothing outstanding.
-#ifndef MPK_FENCE_ALL
-#define MPK_FENCE_ALL 0
-#endif
-    if (MPK_FENCE_ALL) __threadfence();
     __syncthreads();
     // The window moves on to the next task while thread 0 publishes this one.
     if (MPK_PF_WINDOW > 0 && pos >= 0 && threadIdx.x == 32) mpk_prefetch_window(a, sh, i0, n, pos + 1);
