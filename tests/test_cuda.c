@@ -70,6 +70,53 @@ Test(cuda, codegen_covers_every_variant) {
     mpk_kernel_free(k);
 }
 
+// The preload (what a task starts before its event fires): one function for every graph, a case
+// for each attention variant of one kv head per task (its keys and values, mpk_attention_preload
+// with the variant's G, D, page size and page stride), and a default that says nothing was
+// preloaded — so a stale preload of an earlier task is never used.
+Test(cuda, codegen_preloads_attention) {
+    mpk_model_config cfg;
+    cr_assert_eq(mpk_model_config_preset("qwen3-tiny", &cfg), MPK_OK);
+    char err[256] = "";
+    mpk_model *m = NULL;
+    cr_assert_eq(mpk_model_create_random(&cfg, 1, &m, err, sizeof err), MPK_OK, "%s", err);
+    mpk_kernel_params p = mpk_kernel_default_params();
+    p.backend = MPK_BACKEND_CPU;
+    p.max_seq_len = 64;
+    p.page_size = 16;
+    mpk_kernel *k = NULL;
+    cr_assert_eq(mpk_kernel_create(&p, &k), MPK_OK);
+    cr_assert_eq(mpk_model_build(m, k, NULL), MPK_OK, "%s", mpk_last_error(k));
+    cr_assert_eq(mpk_compile(k), MPK_OK, "%s", mpk_last_error(k));
+    char *src = NULL;
+    cr_assert_eq(mpk_cuda_codegen(k, &src), MPK_OK, "%s", mpk_last_error(k));
+    cr_expect(strstr(src, "__device__ void mpk_preload_task(const mpk_task_desc &d, const mpk_batch *b, int32_t nt) {"),
+              "no preload function");
+    int attention = 0;
+    for (int32_t v = 0; v < k->graph.num_variants; v++) {
+        const mpk_variant *var = &k->graph.variants[v];
+        char want[96];
+        snprintf(want, sizeof want, "    case %d: mpk_attention_preload(", v);
+        const char *at = strstr(src, want);
+        if (var->type == MPK_TASK_ATTENTION && var->p[9] == 1) {
+            attention++;
+            cr_expect(at, "attention variant %d has no preload case", v);
+            char args[96];
+            snprintf(args, sizeof args, "b, nt, %d, %d, %d, %d); return;", var->p[0], var->p[1], var->p[4], var->p[5]);
+            cr_expect(at && strstr(at, args) && strstr(at, args) < strchr(at, '\n'),
+                      "variant %d's preload does not pass G, D, page size, page stride (%s)", v, args);
+        } else {
+            cr_expect(!at, "variant %d (not attention) has a preload case", v);
+        }
+    }
+    cr_expect_gt(attention, 0, "the model's graph has no attention variant");
+    cr_expect(strstr(src, "    default:\n        if (threadIdx.x == 0) mpk_smem()->pre_k = (const void *)0;"),
+              "the preload's default case does not clear the preloaded state");
+    free(src);
+    mpk_kernel_free(k);
+    mpk_model_free(m);
+}
+
 // The weight-stream plan: chunks of whole rows that cover the task's weights exactly, each at
 // most one ring slot; tasks it cannot stream keep 0 chunks (they read their weights themselves).
 Test(cuda, stream_plan_chunks_cover_whole_rows) {
