@@ -9,11 +9,6 @@
 
 #define MPK_ATTN_MAX_D 512                 // as MPK_ATTENTION_MAX_HEAD_DIM on the CPU
 #define MPK_ATTN_LANE_D (MPK_ATTN_MAX_D / 32)  // head elements per lane
-// The combine of the grouped decode path: chunk weights computed once per (head, chunk) by warps
-// (1) or by every output element (0, as measured in v6). Same results bit for bit.
-#ifndef MPK_ATTN_COMBINE_WARPS
-#define MPK_ATTN_COMBINE_WARPS 0
-#endif
 // Probe: where attention's "inputs" mark is taken (0: keys appended; 1: partial products done;
 // 2: combined), to split its time in a profile.
 #ifndef MPK_ATTN_MARK
@@ -232,30 +227,6 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
         }
         __syncthreads();
         if (MPK_ATTN_MARK == 1) mpk_mark_inputs();
-#if MPK_ATTN_COMBINE_WARPS
-        // Each chunk's weight exp(m_c - M) once, by lane c of warp g (M by a warp reduction: a
-        // max is exact in any order), then every output sums the chunks in order as below: the
-        // same operations, without 2 x Cg dependent shared-memory rounds per output.
-        float *wts = mpk_smem()->f;  // (G, Cg)
-        if (warp < G) {
-            const float mc = lane < Cg ? units[((int64_t)lane * G + warp) * (D + 2) + D] : -INFINITY;
-            const float M = mpk_warp_max(mc);
-            if (lane < Cg) wts[warp * Cg + lane] = expf(mc - M);
-        }
-        __syncthreads();
-        for (int32_t i = threadIdx.x; i < G * D; i += blockDim.x) {
-            const int32_t g = i / D, d = i % D;
-            float num = 0.0f, den = 0.0f;
-            for (int32_t c = 0; c < Cg; c++) {
-                const float *un = units + ((int64_t)c * G + g) * (D + 2);
-                if (un[D + 1] <= 0.0f) continue;
-                const float f = wts[g * Cg + c];
-                num = fmaf(f, un[d], num);
-                den = fmaf(f, un[D + 1], den);
-            }
-            out_row[(int64_t)g * D + d] = mpk_f2bf(den > 0.0f ? num / den : __int_as_float(0x7fc00000));
-        }
-#else
         for (int32_t i = threadIdx.x; i < G * D; i += blockDim.x) {
             const int32_t g = i / D, d = i % D;
             float M = -INFINITY;
@@ -270,7 +241,6 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
             }
             out_row[(int64_t)g * D + d] = mpk_f2bf(den > 0.0f ? num / den : __int_as_float(0x7fc00000));
         }
-#endif
         __syncthreads();
         if (MPK_ATTN_MARK == 2) mpk_mark_inputs();
         return;

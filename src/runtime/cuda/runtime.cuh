@@ -173,27 +173,11 @@ __device__ bool mpk_iteration_step(const mpk_dev_args &a, uint32_t iter) {
 #define MPK_PREFETCH_SKIP_WARP0 0
 #endif
 
-// Profiling is a run-time flag of the one megakernel: a second, template-specialised kernel for
-// profiled runs doubled the generated code nvcc compiles. MPK_PROFILE_TEMPLATE=1 builds both
-// (PROFILE a compile-time constant, as before).
-#ifndef MPK_PROFILE_TEMPLATE
-#define MPK_PROFILE_TEMPLATE 0
-#endif
-#if MPK_PROFILE_TEMPLATE
-#define MPK_PROFILING(PROFILE, a) (PROFILE)
-#else
-#define MPK_PROFILING(PROFILE, a) ((a).profiling != 0)
-#endif
+// Profiling is a run-time flag (a.profiling) of the one megakernel: a second kernel specialised
+// for profiled runs doubled the code nvcc compiles and measured no faster (bench/NOTES.md, v7).
 
 struct mpk_worker_shared {
     alignas(16) mpk_task_desc desc;  // the running task's descriptor, copied while its event is pending
-    // The prefetch window (static mode, MPK_PF_WINDOW > 0; thread 32's): positions g count the
-    // worker's list over iterations (task list[g % n]); bytes are the tasks' prefetch_bytes.
-    long long pf_pos;            // the task whose weights are asked for next ...
-    unsigned long long pf_off;   // ... from this byte on
-    unsigned long long pf_req;   // bytes asked for since the launch
-    long long pf_cons_pos;       // the first task not yet counted in pf_cons
-    unsigned long long pf_cons;  // bytes of the tasks before pf_cons_pos
     unsigned int profiled;  // profile records this block has attempted (thread 0)
     int32_t flag;
     int32_t num_tokens;   // rows of the iteration (static mode: read once per iteration)
@@ -229,54 +213,6 @@ __device__ __forceinline__ void mpk_prefetch_weights(const mpk_task_desc &d) {
 #endif
 }
 
-// MPK_PF_WINDOW > 0 (experimental): instead of the next task's first MPK_PREFETCH_BYTES, keep
-// L2 requests for this worker's weights running MPK_PF_WINDOW bytes ahead of the task about to
-// run, in list order (its own weights first, then the following tasks', wrapping into the next
-// iteration), with bulk prefetches. The requests are issued by thread 32 while thread 0
-// publishes the finished task and waits for the next one's event, so they never delay either.
-#ifndef MPK_PF_WINDOW
-#define MPK_PF_WINDOW 0u
-#endif
-#define MPK_PF_CHUNK (32u * 1024u)
-
-__device__ uint32_t mpk_pf_bytes(const mpk_dev_args &a, int32_t i0, int32_t n, long long g,
-                                 const char **base) {
-    const mpk_task_desc &d = a.tasks[a.worker_tasks[i0 + (int32_t)(g % n)]];
-    *base = (const char *)d.operand[d.prefetch_operand];
-    return d.prefetch_bytes;
-}
-
-// The task at list position g is about to run: extend the requests to MPK_PF_WINDOW bytes past
-// its first byte. One thread calls it.
-__device__ void mpk_prefetch_window(const mpk_dev_args &a, mpk_worker_shared *sh, int32_t i0,
-                                    int32_t n, long long g) {
-    const char *base;
-    while (sh->pf_cons_pos < g) {
-        sh->pf_cons += mpk_pf_bytes(a, i0, n, sh->pf_cons_pos, &base);
-        sh->pf_cons_pos++;
-    }
-    if (sh->pf_pos < g) {  // the window fell behind (a task larger than it): restart at g
-        sh->pf_pos = g;
-        sh->pf_off = 0;
-        sh->pf_req = sh->pf_cons;
-    }
-    while (sh->pf_req - sh->pf_cons < MPK_PF_WINDOW && sh->pf_pos < g + n) {
-        const uint32_t bytes = mpk_pf_bytes(a, i0, n, sh->pf_pos, &base);
-        if (sh->pf_off >= bytes) {
-            sh->pf_pos++;
-            sh->pf_off = 0;
-            continue;
-        }
-        unsigned long long c = bytes - sh->pf_off;
-        if (c > MPK_PF_CHUNK) c = MPK_PF_CHUNK;
-        if (((uintptr_t)base & 15u) == 0 && c >= 16u)
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + sh->pf_off),
-                         "r"((uint32_t)c & ~15u) : "memory");
-        sh->pf_off += c;
-        sh->pf_req += c;
-    }
-}
-
 // MPK_PREFETCH_SELF=1 (experimental, not yet measured): while waiting for task t's event, ask
 // L2 for t's own weights instead of the next task's. The next task's request competes with t's
 // own loads once t runs (v6: the smaller that request, the faster); t's own request only fills
@@ -286,27 +222,19 @@ __device__ void mpk_prefetch_window(const mpk_dev_args &a, mpk_worker_shared *sh
 #endif
 // `next` (or -1) is the task this worker runs after t: its weights are requested now, one task
 // ahead, so they arrive while t runs and t's successors wait; `first` also requests t's own.
-// `pos` (static mode with a prefetch window): t's position in the worker's list, counted over
-// iterations; `i0`, `n` the list.
-template <bool PROFILE>
 __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32_t w,
                              int32_t t, uint32_t iter, int32_t next = -1, bool first = true,
-                             int32_t num_tokens = -1, long long pos = -1, int32_t i0 = 0,
-                             int32_t n = 0) {
+                             int32_t num_tokens = -1) {
     const mpk_task_desc &dg = a.tasks[t];
     const uint32_t ev = dg.wait_event;
-    const bool prof = MPK_PROFILING(PROFILE, a);
+    const bool prof = a.profiling != 0;
     // The descriptor is constant: warp 1 copies it to shared memory while thread 0 waits, so
     // the task body reads it from there instead of going back to global memory after the wait.
     if (threadIdx.x >= 32 && threadIdx.x < 40)
         ((uint4 *)&sh->desc)[threadIdx.x - 32] = ((const uint4 *)&dg)[threadIdx.x - 32];
     const mpk_task_desc &d = sh->desc;
-    if (MPK_PF_WINDOW > 0 && pos >= 0) {
-        if (first && threadIdx.x == 32) mpk_prefetch_window(a, sh, i0, n, pos);
-    } else {
-        if (first || MPK_PREFETCH_SELF) mpk_prefetch_weights(dg);
-        if (next >= 0 && !MPK_PREFETCH_SELF) mpk_prefetch_weights(a.tasks[next]);
-    }
+    if (first || MPK_PREFETCH_SELF) mpk_prefetch_weights(dg);
+    if (next >= 0 && !MPK_PREFETCH_SELF) mpk_prefetch_weights(a.tasks[next]);
     if (num_tokens >= 0) mpk_preload_task(dg, a.batch, num_tokens);  // (static mode knows the rows now)
     mpk_stream *stream = mpk_stream_state();
     if (threadIdx.x == 0) {
@@ -338,8 +266,6 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
     const uint32_t stream_chunks = mpk_stream_task_chunks(stream);
     const uint32_t task_layer = d.layer;
     __syncthreads();
-    // The window moves on to the next task while thread 0 publishes this one.
-    if (MPK_PF_WINDOW > 0 && pos >= 0 && threadIdx.x == 32) mpk_prefetch_window(a, sh, i0, n, pos + 1);
     int64_t t_body = 0;
     if (threadIdx.x == 0 && prof) t_body = mpk_globaltimer();
     if (threadIdx.x == MPK_PUBLISH_THREAD) {
@@ -405,7 +331,6 @@ __device__ bool mpk_dispatch_at_begin(const mpk_dev_args &a, const mpk_task_desc
 // Static mode: worker w runs its compile-time list every iteration. All workers wait for event 0
 // of the iteration and read the status published with it; worker 0's thread 0 also waits for
 // the END event and runs prepare_next_batch.
-template <bool PROFILE>
 __device__ void mpk_worker_static(const mpk_dev_args &a, mpk_worker_shared *sh, int32_t w) {
     if (w == 0 && threadIdx.x == 0) mpk_iteration_step(a, 0);  // begins iteration 1 (or stops)
     // The weight stream follows this worker's list from its first task, across iterations.
@@ -427,8 +352,7 @@ __device__ void mpk_worker_static(const mpk_dev_args &a, mpk_worker_shared *sh, 
             // The next task, wrapping to the first of the next iteration (layer 0's weights
             // arrive during the LM head).
             const int32_t next = i + 1 < i1 ? a.worker_tasks[i + 1] : a.worker_tasks[i0];
-            if (!mpk_run_task<PROFILE>(a, sh, w, a.worker_tasks[i], iter, next, iter == 1 && i == i0, nt,
-                                       (long long)(iter - 1) * (i1 - i0) + (i - i0), i0, i1 - i0))
+            if (!mpk_run_task(a, sh, w, a.worker_tasks[i], iter, next, iter == 1 && i == i0, nt))
                 return;
         }
         if (w == 0 && threadIdx.x == 0) {
@@ -439,7 +363,6 @@ __device__ void mpk_worker_static(const mpk_dev_args &a, mpk_worker_shared *sh, 
 }
 
 // Scheduled mode: worker w runs what the schedulers push to its queue, in order.
-template <bool PROFILE>
 __device__ void mpk_worker_dynamic(const mpk_dev_args &a, mpk_worker_shared *sh, int32_t w) {
     unsigned long long *slots = a.worker_queue + (int64_t)w * a.queue_capacity;
     unsigned long long head = 0;  // thread 0's
@@ -463,10 +386,10 @@ __device__ void mpk_worker_dynamic(const mpk_dev_args &a, mpk_worker_shared *sh,
             // Ahead-of-time dispatch: task t goes to worker t % W, in graph order (topological,
             // so running them in order cannot deadlock).
             for (int32_t t = w; t < a.num_tasks; t += a.num_workers)
-                if (mpk_dispatch_at_begin(a, a.tasks[t]) && !mpk_run_task<PROFILE>(a, sh, w, t, iter)) return;
+                if (mpk_dispatch_at_begin(a, a.tasks[t]) && !mpk_run_task(a, sh, w, t, iter)) return;
             continue;
         }
-        if (!mpk_run_task<PROFILE>(a, sh, w, (int32_t)(v & 0xffffffffull) - 1, iter)) return;
+        if (!mpk_run_task(a, sh, w, (int32_t)(v & 0xffffffffull) - 1, iter)) return;
     }
 }
 
@@ -540,16 +463,13 @@ __device__ void mpk_scheduler(const mpk_dev_args &a, int32_t s) {
 
 // Blocks [0, num_workers) are workers; the rest hold MPK_DEV_SCHEDULERS_PER_BLOCK scheduler
 // warps each (static mode launches none).
-template <bool PROFILE>
 __global__ void __launch_bounds__(MPK_DEV_THREADS, 1) mpk_megakernel(const __grid_constant__ mpk_dev_args a) {
-    const bool prof = MPK_PROFILING(PROFILE, a);
+    const bool prof = a.profiling != 0;
     __shared__ mpk_worker_shared sh;
     const int32_t blk = (int32_t)blockIdx.x;
     if (threadIdx.x == 0) {
         mpk_stream_off(mpk_stream_state(), &sh.desc);  // a static worker starts it
         sh.profiled = 0;
-        sh.pf_pos = sh.pf_cons_pos = 0;
-        sh.pf_off = sh.pf_req = sh.pf_cons = 0;
         mpk_smem()->marking = prof;
         mpk_smem()->inputs_mark = 0;
         mpk_smem()->pre_k = 0;
@@ -558,9 +478,9 @@ __global__ void __launch_bounds__(MPK_DEV_THREADS, 1) mpk_megakernel(const __gri
     __syncthreads();
     if (blk < a.num_workers) {
         if (a.num_schedulers == 0)
-            mpk_worker_static<PROFILE>(a, &sh, blk);
+            mpk_worker_static(a, &sh, blk);
         else
-            mpk_worker_dynamic<PROFILE>(a, &sh, blk);
+            mpk_worker_dynamic(a, &sh, blk);
         if (threadIdx.x == 0) mpk_stream_finish(mpk_stream_state());  // no copy outlives the block
         if (threadIdx.x == 0 && a.worker_status[blk].state != MPK_DEV_W_WAITING)
             a.worker_status[blk].state = MPK_DEV_W_EXITED;
@@ -680,11 +600,7 @@ int mpk_dev_host_free(void *host) {
 // Checks that every block can be resident at once and launches cooperatively (which the driver
 // refuses, rather than hangs, when they cannot). *blocks gets the grid size.
 int mpk_dev_launch(const mpk_dev_args *args, int *blocks) {
-#if MPK_PROFILE_TEMPLATE
-    const void *fn = args->profiling ? (const void *)mpk_megakernel<true> : (const void *)mpk_megakernel<false>;
-#else
-    const void *fn = (const void *)mpk_megakernel<false>;  // (profiling: a.profiling)
-#endif
+    const void *fn = (const void *)mpk_megakernel;
     const int sched_blocks = (args->num_schedulers + MPK_DEV_SCHEDULERS_PER_BLOCK - 1) / MPK_DEV_SCHEDULERS_PER_BLOCK;
     const int grid = args->num_workers + sched_blocks;
     *blocks = grid;
