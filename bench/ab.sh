@@ -10,7 +10,8 @@
 # (Kernels not in $MPK_CACHE_DIR need nvcc on the GPU machine: about 25 s per model.)
 #   MPK_AB_MODELS="qwen3-0.6b qwen3-8b" sh bench/ab.sh "base||" "v5|||build/ab-base" \
 #       "stream|MPK_CUDA_STREAM=1|-DMPK_STREAM_SLOTS=4 -DMPK_DYN_SMEM_BYTES=81920"
-# MPK_AB_PROFILE="name ..." also writes those variants' per-task-type tables (mpk profile) to $OUT.
+# MPK_AB_PROFILE="name ..." also writes those variants' per-task-type tables (mpk profile) to $OUT
+# and prints them after the table.
 set -u
 . tests/gpu/env.sh
 MODELS=${MPK_AB_MODELS:-"qwen3-0.6b qwen3-1.7b qwen3-8b"}
@@ -55,4 +56,11 @@ for v in "$@"; do
         fi
     done
     printf '\n'
+done
+for f in "$OUT"/ab-profile-*.txt; do
+    [ -e "$f" ] || continue
+    echo
+    echo "$(basename "$f" .txt | sed 's/^ab-profile-//'): mean us per task (inputs / publish), $(grep -m1 'decode:' "$f")"
+    grep -E '^\| (rmsnorm_linear|linear|linear_residual|attention|silu_mul_linear_residual|embed) \|' "$f" \
+        | awk -F'|' '{printf "  %-26s %8s %8s %8s\n", $2, $5, $6, $7}'
 done

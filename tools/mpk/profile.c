@@ -69,7 +69,7 @@ static int write_svg(const char *path, mpk_kernel *k, const mpk_profile_record *
     double scale = (width - left - 20) / (double)(t1 - t0);
     fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"sans-serif\" font-size=\"11\">\n", width, height);
     fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
-    fprintf(f, "<text x=\"%.0f\" y=\"20\" font-size=\"14\">mpk: iteration %d, %.1f us, %d workers (grey: waiting on an event)</text>\n",
+    fprintf(f, "<text x=\"%.0f\" y=\"20\" font-size=\"14\">mpk: iteration %d, %.1f us, %d workers (grey: waiting on an event; where marked, dark: getting the inputs, pale: publishing)</text>\n",
             left, step, (double)(t1 - t0) / 1e3, workers);
     for (int32_t w = 0; w < workers; w++)
         if (row >= 10 || w % 8 == 0)
@@ -82,10 +82,23 @@ static int write_svg(const char *path, mpk_kernel *k, const mpk_profile_record *
         double e = left + (double)(x->end_ns - t0) * scale;
         if (x->wait_ns > 0)
             fprintf(f, "<rect x=\"%.2f\" y=\"%.1f\" width=\"%.2f\" height=\"%.1f\" fill=\"#e0e0e0\"/>\n", ws, y + row * 0.3, s - ws, row * 0.4);
+        char phases[96] = "";
+        if (x->inputs_ns >= 0 && x->body_ns >= 0)
+            snprintf(phases, sizeof phases, ", inputs on chip after %.2f us, published in %.2f us",
+                     x->inputs_ns / 1e3, (double)(x->end_ns - x->start_ns - x->body_ns) / 1e3);
         fprintf(f, "<rect x=\"%.2f\" y=\"%.1f\" width=\"%.2f\" height=\"%.1f\" fill=\"%s\" stroke=\"#333\" stroke-width=\"0.3\">"
-                   "<title>%s (%s) task %d: %.2f us, waited %.2f us</title></rect>\n",
+                   "<title>%s (%s) task %d: %.2f us, waited %.2f us%s</title></rect>\n",
                 s, y, e - s > 0.5 ? e - s : 0.5, row * 0.9, colour(x->task_type), mpk_task_type_name(x->task_type),
-                mpk_layer_name(k, x->layer), x->task, (double)(x->end_ns - x->start_ns) / 1e3, (double)x->wait_ns / 1e3);
+                mpk_layer_name(k, x->layer), x->task, (double)(x->end_ns - x->start_ns) / 1e3, (double)x->wait_ns / 1e3,
+                phases);
+        // The task's phases where the backend marks them: dark until its inputs were on chip,
+        // pale while it published its outputs.
+        if (x->inputs_ns > 0)
+            fprintf(f, "<rect x=\"%.2f\" y=\"%.1f\" width=\"%.2f\" height=\"%.1f\" fill=\"#000\" fill-opacity=\"0.3\"/>\n",
+                    s, y, (double)x->inputs_ns * scale, row * 0.9);
+        if (x->body_ns >= 0 && x->end_ns - x->start_ns > x->body_ns)
+            fprintf(f, "<rect x=\"%.2f\" y=\"%.1f\" width=\"%.2f\" height=\"%.1f\" fill=\"#fff\" fill-opacity=\"0.6\"/>\n",
+                    s + (double)x->body_ns * scale, y, (double)(x->end_ns - x->start_ns - x->body_ns) * scale, row * 0.9);
     }
     // Time axis and legend.
     double ay = top + row * workers + 14;

@@ -311,9 +311,9 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
                 p->start_ns = t_start;
                 p->end_ns = mpk_globaltimer();
                 p->wait_ns = t_start - sh->t_wait;
-                const long long in = mpk_smem()->inputs_mark;
-                p->inputs_ns = in ? (int32_t)(in - t_start) : -1;
-                p->body_ns = (int32_t)(t_body - t_start);
+                const long long in = mpk_smem()->inputs_mark;  // (clamped: a task over 2 s)
+                p->inputs_ns = in ? (int32_t)min(in - t_start, (long long)INT32_MAX) : -1;
+                p->body_ns = (int32_t)min((long long)(t_body - t_start), (long long)INT32_MAX);
             }
         }
     }
