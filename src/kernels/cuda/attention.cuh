@@ -9,8 +9,9 @@
 
 #define MPK_ATTN_MAX_D 512                 // as MPK_ATTENTION_MAX_HEAD_DIM on the CPU
 #define MPK_ATTN_LANE_D (MPK_ATTN_MAX_D / 32)  // head elements per lane
-// Probe: where attention's "inputs" mark is taken (0: keys appended; 1: partial products done;
-// 2: combined), to split its time in a profile.
+// Probe: where attention's "inputs" mark is taken (0: keys appended, all warps; 1: partial
+// products done; 2: combined; 3: warp 0 done appending row 0's key, before waiting for the warps
+// that prepare the query heads), to split its time in a profile.
 #ifndef MPK_ATTN_MARK
 #define MPK_ATTN_MARK 0
 #endif
@@ -424,6 +425,7 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
             }
         }
         __syncwarp();
+        if (MPK_ATTN_MARK == 3) mpk_mark_inputs();  // (thread 0 only: row 0's warp)
     }
     asm volatile("cp.async.wait_all;" ::: "memory");  // this thread's copies of the preload
     __syncthreads();  // the block's cache writes are visible to all its threads after this
