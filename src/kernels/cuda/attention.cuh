@@ -319,7 +319,8 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
 // cache as before. Shared memory (dynamic, floats): [0, MPK_ATTN_KV_OFF) the body's q and
 // partials, then (position, key | value, D) bf16, up to the key buffers at the end.
 #define MPK_ATTN_KV_OFF 10240
-// Off by default: measured on the H100 (bench/NOTES.md, v7) it made no task faster and the step
+// Off by default (the runtime then never calls the generated preload, and attention reads the
+// cache as in v6): measured on the H100 (bench/NOTES.md, v7) it made no task faster and the step
 // 2-3% slower (the copies' page-table lookups run before thread 0 polls the event, and the
 // attention body did not shrink: its time is not in the key/value loads).
 #ifndef MPK_ATTN_PRELOAD
@@ -393,7 +394,8 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
     float *buf = (float *)mpk_dyn_smem() + (MPK_DYN_SMEM_BYTES / 4 - nwarps * D) + warp * D;
     // Earlier positions copied before the event (mpk_attention_preload), for this very row.
     mpk_task_smem *sm = mpk_smem();
-    const bool pre = sm->pre_k == (const void *)k_cache && rows == 1 && sm->pre_pos == row_pos[0] && !sm->pre_bad;
+    const bool pre = MPK_ATTN_PRELOAD && sm->pre_k == (const void *)k_cache && rows == 1 &&
+                     sm->pre_pos == row_pos[0] && !sm->pre_bad;
     mpk_bf16 *kvs = pre ? mpk_attn_kv_smem() : (mpk_bf16 *)0;
     // Decode (few rows): the warps left over prepare row 0's query heads while the others append
     // the keys, saving the attention one dependent round of loads, norms and rotations.
@@ -427,7 +429,7 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
         __syncwarp();
         if (MPK_ATTN_MARK == 3) mpk_mark_inputs();  // (thread 0 only: row 0's warp)
     }
-    asm volatile("cp.async.wait_all;" ::: "memory");  // this thread's copies of the preload
+    if (MPK_ATTN_PRELOAD) asm volatile("cp.async.wait_all;" ::: "memory");  // this thread's copies of the preload
     __syncthreads();  // the block's cache writes are visible to all its threads after this
     if (MPK_ATTN_MARK == 0) mpk_mark_inputs();
 
@@ -438,7 +440,7 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
                      row_pos[r], G, D, page_size, page_stride, eps, scale, out + (int64_t)r * ld_out,
                      r == 0 && early_q, kvs);
     }
-    if (threadIdx.x == 0) sm->pre_bad = 0;  // (after the body's last barrier)
+    if (MPK_ATTN_PRELOAD && threadIdx.x == 0) sm->pre_bad = 0;  // (after the body's last barrier)
 }
 
 #endif  // MPK_KERNELS_CUDA_ATTENTION_CUH

@@ -241,7 +241,7 @@ __device__ MPK_GEMV_OUTLINE void mpk_gemv_stream_chunks(const mpk_bf16 *xs, floa
                 }
 #pragma unroll
                 for (int r = 0; r < MPK_GEMV_ROWS; r++)
-                if (r < nr) acc[r] = mpk_warp_sum(acc[r]);
+                    if (r < nr) acc[r] = mpk_warp_sum(acc[r]);
                 if (lane == 0) {
                     for (int r = 0; r < nr; r++) {
                         const int32_t row = r0 + r;

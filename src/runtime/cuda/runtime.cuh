@@ -236,7 +236,9 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
     const mpk_task_desc &d = sh->desc;
     if (first || MPK_PREFETCH_SELF) mpk_prefetch_weights(dg);
     if (next >= 0 && !MPK_PREFETCH_SELF) mpk_prefetch_weights(a.tasks[next]);
+#if MPK_ATTN_PRELOAD
     if (num_tokens >= 0) mpk_preload_task(dg, a.batch, num_tokens);  // (static mode knows the rows now)
+#endif
     mpk_stream *stream = mpk_stream_state();
     if (threadIdx.x == 0) {
         if (prof) sh->t_wait = mpk_globaltimer();
