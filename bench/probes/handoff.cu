@@ -1,0 +1,285 @@
+// handoff.cu — probe: what does the grid-wide hand-off between two decode stages cost under load,
+// counter + acquire (the megakernel's events) against an LL hand-off (data words that carry their
+// own validity flag, as NCCL's LL protocol)? Build and run on the GPU machine:
+//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o build/handoff bench/probes/handoff.cu && build/handoff [stages]
+// One launch of `stages` (128 blocks x 512 threads) runs a chain of S stages (default 256). Per
+// stage each block waits for the whole previous output vector (4096 bf16 = 2048 32-bit pairs),
+// stages it in shared memory, streams its own weight slice (W bytes, 16-byte loads, 4 in flight
+// per lane, as layered's direct mode in bulk_ring.cu), reduces to 32 bf16 outputs (16 pairs) and
+// publishes them. Prints one markdown row per (protocol, W, early): us per stage (median of 5
+// launches / S, launch overhead included), GB/s of weights, and the count of corrupt or stale
+// words consumers saw (nonzero: FAIL, exit 1). W = 0 is the bare hand-off latency chain.
+//   counter: the megakernel today. __syncthreads, thread 0 fence.acq_rel.gpu + red.relaxed.gpu
+//            add on the stage counter; consumers: thread 0 polls it (ld.acquire.gpu, __nanosleep
+//            back-off 32 -> 256 ns), __syncthreads, every thread loads the vector (plain loads).
+//   ll:      each 8-byte word = {pair of bf16, 32-bit flag = the stage's epoch}, written with one
+//            relaxed 8-byte store, no fence, barrier or counter; every consumer thread loads its
+//            words and re-loads any whose flag is not the epoch, then one __syncthreads.
+//   early:   each thread issues its first 4 weight loads before it waits (weights never depend on
+//            activations), as a task could once it knows its next slice.
+// Check words: one bf16 of each pair is a tag (a hash of epoch and index, so a word left from an
+// earlier stage or launch is caught), the other the real output, which depends on the weights
+// and on every element the block consumed. The traffic is the real one (8 KB / 16 KB per stage);
+// half the slots are tags, so the vector holds 2048 real values.
+#include <cstdio>
+#include <cstdint>
+#include <cstdlib>
+#include <algorithm>
+#include <cuda_runtime.h>
+
+#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s: %s\n", #x, cudaGetErrorString(e)); return 1; } } while (0)
+
+constexpr int NB = 128, NT = 512, PAIRS = 2048;  // blocks, threads, 32-bit pairs per vector
+constexpr int OUT = PAIRS / NB;                    // pairs each block produces (16 = 32 bf16)
+constexpr size_t WBUF = (size_t)1 << 30;           // weight buffer; slices wrap modulo it
+constexpr unsigned long long TIMEOUT_NS = 2000000000ull;
+constexpr int CTR_STRIDE = 16;                     // one 128-byte line per launch's counter
+
+struct Status { unsigned long long errors; unsigned timeout; };
+
+__host__ __device__ __forceinline__ uint32_t mix32(uint32_t x) {
+    x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
+    return x;
+}
+// The tag half of pair `idx` of the vector published with epoch e (e = 0: the input vector).
+__host__ __device__ __forceinline__ uint32_t tag_of(uint32_t e, uint32_t idx) { return mix32(e * PAIRS + idx) & 0xffffu; }
+
+__device__ __forceinline__ uint64_t gtimer() {
+    uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+__device__ __forceinline__ unsigned long long ld_acquire(const unsigned long long *p) {
+    unsigned long long v;
+    asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+    return v;
+}
+// LL words: one scalar 64-bit access. A .v2.b32 access is, in the PTX memory model, two 32-bit
+// accesses in no defined order (flag and payload could tear); a .b64 one is a single access.
+__device__ __forceinline__ uint64_t ld_ll(const uint64_t *p) {
+    uint64_t v;
+    asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];" : "=l"(v) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ void st_ll(uint64_t *p, uint64_t v) {
+    asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+// Weight stream: read-only, not kept in L1. volatile so that `early` loads stay before the wait.
+__device__ __forceinline__ uint4 ld_w(const uint4 *p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+// Called every spin of a wait: true when the wait must be abandoned, because it has lasted
+// TIMEOUT_NS (it then raises the global flag) or because some other thread raised it.
+__device__ __forceinline__ bool give_up(uint64_t t0, unsigned spins, volatile unsigned *timeout) {
+    if (spins & 63) return false;
+    if (*timeout) return true;
+    if (gtimer() - t0 < TIMEOUT_NS) return false;
+    *timeout = 1;
+    return true;
+}
+
+__global__ void fill(uint4 *w, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        w[i] = make_uint4(mix32((uint32_t)i * 4), mix32((uint32_t)i * 4 + 1), mix32((uint32_t)i * 4 + 2), mix32((uint32_t)i * 4 + 3));
+}
+
+// Slot 0 of both output buffers is the input of stage 0: values 1.0, flag 0 (epoch "0").
+__global__ void init_input(uint32_t *cv, uint64_t *ll) {
+    for (int i = threadIdx.x; i < PAIRS; i += blockDim.x) {
+        const uint32_t pair = tag_of(0, i) | 0x3f80u << 16;
+        cv[i] = pair;
+        ll[i] = pair;
+    }
+}
+
+// cv: (S+1) x 2048 pairs (counter mode); ll: (S+1) x 2048 words (ll mode). Stage s reads slot s
+// and writes slot s+1, which carries epoch launch*S + s + 1 (slot 0: epoch 0). ctr: this launch's
+// counter, zero at launch.
+__global__ void __launch_bounds__(NT, 1) stages(const char *wbuf, int S, int W, int ll_mode, int early,
+                                                uint32_t launch, uint32_t *cv, uint64_t *ll,
+                                                unsigned long long *ctr, Status *st) {
+    __shared__ float xs[PAIRS];        // the staged vector (real halves, as float)
+    __shared__ float red[NT / 32][OUT];  // per-warp partial outputs
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, b = blockIdx.x;
+    const int n16 = W / 16;
+    const size_t nslices = W ? WBUF / W : 1;
+    volatile unsigned *timeout = &st->timeout;
+    unsigned errs = 0;
+    for (int s = 0; s < S; s++) {
+        const uint32_t ep_in = s ? launch * S + s : 0, ep_out = launch * S + s + 1;
+        const uint4 *wp = (const uint4 *)(wbuf + ((size_t)s * NB + b) % nslices * W);
+        uint4 v[4];
+        auto load = [&](int i) {
+#pragma unroll
+            for (int u = 0; u < 4; u++) v[u] = i + u * NT < n16 ? ld_w(wp + i + u * NT) : make_uint4(0, 0, 0, 0);
+        };
+        if (early) load(tid);
+        // 1+2. Wait for stage s-1's vector and stage it in shared memory, checking every pair.
+        bool bad = false;
+        uint32_t pair[4];
+        if (ll_mode) {
+            const uint64_t *src = ll + (size_t)s * PAIRS;
+            uint64_t w[4];
+#pragma unroll
+            for (int q = 0; q < 4; q++) w[q] = ld_ll(src + tid + q * NT);  // 4 loads in flight
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                if ((uint32_t)(w[q] >> 32) != ep_in && !bad) {
+                    const uint64_t t0 = gtimer();
+                    for (unsigned spins = 1; (uint32_t)(w[q] >> 32) != ep_in; spins++) {
+                        if (give_up(t0, spins, timeout)) { bad = true; break; }
+                        w[q] = ld_ll(src + tid + q * NT);
+                    }
+                }
+                if ((uint32_t)(w[q] >> 32) != ep_in && !bad) errs++;  // (cannot happen: the spin's exit)
+                pair[q] = (uint32_t)w[q];
+            }
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                const int idx = tid + q * NT;
+                if ((pair[q] & 0xffffu) != tag_of(ep_in, idx)) errs += !bad;
+                xs[idx] = __uint_as_float(pair[q] >> 16 << 16);
+            }
+            if (__syncthreads_or(bad)) break;
+        } else {
+            if (tid == 0) {
+                const unsigned long long target = (unsigned long long)NB * s;
+                if (ld_acquire(ctr) < target) {
+                    const uint64_t t0 = gtimer();
+                    unsigned ns = 32;
+                    for (unsigned spins = 1;; spins++) {
+                        __nanosleep(ns);
+                        if (ns < 256) ns <<= 1;
+                        if (ld_acquire(ctr) >= target) break;
+                        if (give_up(t0, spins, timeout)) { bad = true; break; }
+                    }
+                }
+            }
+            if (__syncthreads_or(bad)) break;
+            const uint4 in = *(const uint4 *)(cv + (size_t)s * PAIRS + 4 * tid);  // ordinary load
+            pair[0] = in.x; pair[1] = in.y; pair[2] = in.z; pair[3] = in.w;
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                const int idx = 4 * tid + q;
+                if ((pair[q] & 0xffffu) != tag_of(ep_in, idx)) errs++;
+                xs[idx] = __uint_as_float(pair[q] >> 16 << 16);
+            }
+            __syncthreads();
+        }
+        // 3. Stream the weight slice. Thread t feeds output t % 16 (word i goes to output i % 16);
+        // every element of the vector enters some output: 4 directly per thread, and one per
+        // weight word (index i mod 2048), times a [0, 1) number made of the word's bits.
+        float acc = xs[tid] + xs[tid + NT] + xs[tid + 2 * NT] + xs[tid + 3 * NT];
+        for (int i = tid; i < n16; i += 4 * NT) {
+            if (!early || i != tid) load(i);
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+                if (i + u * NT < n16) {
+                    const uint32_t x = v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+                    const float m = __uint_as_float((x & 0x007fffffu) | 0x3f800000u) - 1.0f;
+                    acc = fmaf(m, xs[(i + u * NT) & (PAIRS - 1)], acc);
+                }
+        }
+        acc += __shfl_xor_sync(0xffffffffu, acc, 16);
+        if (lane < OUT) red[warp][lane] = acc;
+        __syncthreads();
+        // 4. Publish the 16 pairs: real half in [1, 2), a hash of the sum's bits and position.
+        if (tid < OUT) {
+            float o = 0;
+#pragma unroll
+            for (int k = 0; k < NT / 32; k++) o += red[k][tid];
+            const uint32_t idx = b * OUT + tid;
+            const uint32_t val = 0x3f80u | (mix32(__float_as_uint(o) ^ (ep_out * PAIRS + idx)) & 0x7fu);
+            const uint32_t p = tag_of(ep_out, idx) | val << 16;
+            if (ll_mode) st_ll(ll + (size_t)(s + 1) * PAIRS + idx, (uint64_t)ep_out << 32 | p);
+            else cv[(size_t)(s + 1) * PAIRS + idx] = p;
+        }
+        if (!ll_mode) {
+            __syncthreads();  // the block's outputs are thread 0's to publish
+            if (tid == 0) {
+                asm volatile("fence.acq_rel.gpu;" ::: "memory");
+                asm volatile("red.relaxed.gpu.global.add.u64 [%0], 1;" ::"l"(ctr) : "memory");
+            }
+        }
+        // (No barrier needed before the next stage's staging: every read of xs is before the
+        // reduction barrier above, and red is rewritten only after the next wait's barrier.)
+    }
+    if (errs) atomicAdd(&st->errors, (unsigned long long)errs);
+}
+
+int main(int argc, char **argv) {
+    const int S = argc > 1 ? atoi(argv[1]) : 256;
+    if (S < 1) { printf("usage: %s [stages >= 1]\n", argv[0]); return 1; }
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    printf("%s, %d SMs, %d stages per launch, 128 blocks x 512 threads\n", prop.name, prop.multiProcessorCount, S);
+    if (prop.multiProcessorCount < NB) { printf("needs at least %d SMs (all blocks resident)\n", NB); return 1; }
+    const int max_launches = 1024;
+    char *wbuf;
+    uint32_t *cv;
+    uint64_t *ll;
+    unsigned long long *ctrs;
+    Status *st;
+    CK(cudaMalloc(&wbuf, WBUF));
+    CK(cudaMalloc(&cv, (size_t)(S + 1) * PAIRS * 4));
+    CK(cudaMalloc(&ll, (size_t)(S + 1) * PAIRS * 8));
+    CK(cudaMalloc(&ctrs, (size_t)max_launches * CTR_STRIDE * 8));
+    CK(cudaMalloc(&st, sizeof(Status)));
+    CK(cudaMemset(cv, 0, (size_t)(S + 1) * PAIRS * 4));  // once: epochs never repeat
+    CK(cudaMemset(ll, 0, (size_t)(S + 1) * PAIRS * 8));
+    CK(cudaMemset(ctrs, 0, (size_t)max_launches * CTR_STRIDE * 8));
+    fill<<<1024, 256>>>((uint4 *)wbuf, WBUF / 16);
+    init_input<<<1, 512>>>(cv, ll);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    uint32_t launch = 1;  // epoch base: launch * S + stage + 1
+    bool fail = false;
+    printf("\n| protocol | W bytes per block | early | us per stage | GB/s of weights | errors |\n");
+    printf("|---|---:|---:|---:|---:|---:|\n");
+    const int Ws[] = {0, 32768, 73728, 262144};
+    for (int W : Ws)
+        for (int llm = 0; llm < 2; llm++)
+            for (int early = 0; early < 2; early++) {
+                if (W == 0 && early) continue;  // nothing to load early
+                float ms[5];
+                unsigned long long errors = 0;
+                bool timed_out = false;
+                for (int r = 0; r < 6 && !timed_out; r++) {  // r = 0: warm-up
+                    if (launch >= (uint32_t)max_launches) { printf("too many launches\n"); return 1; }
+                    CK(cudaMemset(st, 0, sizeof(Status)));
+                    CK(cudaEventRecord(e0));
+                    stages<<<NB, NT>>>(wbuf, S, W, llm, early, launch, cv, ll, ctrs + (size_t)launch * CTR_STRIDE, st);
+                    CK(cudaGetLastError());
+                    CK(cudaEventRecord(e1));
+                    CK(cudaEventSynchronize(e1));
+                    launch++;
+                    Status h;
+                    CK(cudaMemcpy(&h, st, sizeof h, cudaMemcpyDeviceToHost));
+                    errors += h.errors;
+                    timed_out = h.timeout != 0;
+                    if (r > 0) CK(cudaEventElapsedTime(&ms[r - 1], e0, e1));
+                }
+                const char *name = llm ? "ll" : "counter";
+                if (errors || timed_out) fail = true;
+                if (timed_out) {
+                    printf("| %s | %d | %d | TIMEOUT | TIMEOUT | %llu |\n", name, W, early, errors);
+                    continue;
+                }
+                std::sort(ms, ms + 5);
+                const double sec = ms[2] * 1e-3;
+                char gbs[32] = "-";
+                if (W) snprintf(gbs, sizeof gbs, "%.0f", (double)NB * W * S / sec / 1e9);
+                printf("| %s | %d | %d | %.2f | %s | %llu |\n", name, W, early, sec * 1e6 / S, gbs, errors);
+            }
+    CK(cudaDeviceSynchronize());
+    if (fail) { printf("FAIL\n"); return 1; }
+    printf("all checks passed\n");
+    return 0;
+}
