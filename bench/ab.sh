@@ -10,6 +10,8 @@
 # (Kernels not in $MPK_CACHE_DIR need nvcc on the GPU machine: about 25 s per model.)
 #   MPK_AB_MODELS="qwen3-0.6b qwen3-8b" sh bench/ab.sh "base||" "v5|||build/ab-base" \
 #       "stream|MPK_CUDA_STREAM=1|-DMPK_STREAM_SLOTS=4 -DMPK_DYN_SMEM_BYTES=81920"
+# List the default again as the last variant ("base2||"): a call whose card drifts (seen once,
+# bench/NOTES.md v8) then shows it, and its numbers are not compared.
 # MPK_AB_PROFILE="name ..." also writes those variants' per-task-type tables (mpk profile) to $OUT
 # and prints them after the table.
 set -u

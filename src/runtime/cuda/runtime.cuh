@@ -161,18 +161,6 @@ __device__ bool mpk_iteration_step(const mpk_dev_args &a, uint32_t iter) {
 
 // ---- running one task -----------------------------------------------------------------------------
 
-// The thread that publishes a finished task (fence, counter increments). MPK_PUBLISH_THREAD=32
-// (experimental, not yet measured) moves it out of warp 0, whose fence may also wait for the
-// memory requests warp 0 issued itself: its share of the L2 prefetch, the weight stream's copies.
-#ifndef MPK_PUBLISH_THREAD
-#define MPK_PUBLISH_THREAD 0
-#endif
-// MPK_PREFETCH_SKIP_WARP0=1 (experimental, not yet measured): warp 0 (the publisher's) issues no
-// L2 prefetch, so the release fence never waits for one.
-#ifndef MPK_PREFETCH_SKIP_WARP0
-#define MPK_PREFETCH_SKIP_WARP0 0
-#endif
-
 // Profiling is a run-time flag (a.profiling) of the one megakernel: a second kernel specialised
 // for profiled runs doubled the code nvcc compiles and measured no faster (bench/NOTES.md, v7).
 
@@ -207,9 +195,7 @@ __device__ __forceinline__ void mpk_prefetch_weights(const mpk_task_desc &d) {
     if (threadIdx.x == 0 && ((uintptr_t)base & 15u) == 0 && bytes >= 16u)
         asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base), "r"(bytes & ~15u) : "memory");
 #else
-    const uint32_t skip = MPK_PREFETCH_SKIP_WARP0 ? 32u : 0u;
-    if (threadIdx.x < skip) return;
-    for (uint32_t off = (threadIdx.x - skip) * 128u; off < bytes; off += (blockDim.x - skip) * 128u)
+    for (uint32_t off = threadIdx.x * 128u; off < bytes; off += blockDim.x * 128u)
         asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off));
 #endif
 }
@@ -271,7 +257,7 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
     __syncthreads();
     int64_t t_body = 0;
     if (threadIdx.x == 0 && prof) t_body = mpk_globaltimer();
-    if (threadIdx.x == MPK_PUBLISH_THREAD) {
+    if (threadIdx.x == 0) {
         // One release fence orders the block's outputs (the barrier above made them this
         // thread's to publish) before every increment; the adds themselves are then relaxed.
         asm volatile("fence.acq_rel.gpu;" ::: "memory");
