@@ -315,6 +315,21 @@ __global__ void __launch_bounds__(NT, 1) stages(const char *wbuf, int S, int W, 
     if (errs) atomicAdd(&st->errors, (unsigned long long)errs);
 }
 
+// The launch shape of the cluster mode: NB blocks of NT threads in clusters of C (attr: its one
+// attribute, owned by the caller).
+static cudaLaunchConfig_t cluster_config(int C, cudaLaunchAttribute *attr) {
+    cudaLaunchConfig_t cfg = {};
+    attr->id = cudaLaunchAttributeClusterDimension;
+    attr->val.clusterDim.x = C;
+    attr->val.clusterDim.y = 1;
+    attr->val.clusterDim.z = 1;
+    cfg.gridDim = dim3(NB);
+    cfg.blockDim = dim3(NT);
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cfg;
+}
+
 // Launches stages<MODE>: a plain launch, or with clusters of C blocks in cluster mode.
 template <int MODE>
 cudaError_t launch_stages(const char *wbuf, int S, int W, int C, int early, uint32_t launch, uint32_t *cv,
@@ -323,16 +338,8 @@ cudaError_t launch_stages(const char *wbuf, int S, int W, int C, int early, uint
         stages<MODE><<<NB, NT>>>(wbuf, S, W, C, early, launch, cv, ll, ctr, st);
         return cudaGetLastError();
     }
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = C;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.gridDim = dim3(NB);
-    cfg.blockDim = dim3(NT);
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t cfg = cluster_config(C, &attr);
     return cudaLaunchKernelEx(&cfg, stages<MODE>, wbuf, S, W, C, early, launch, cv, ll, ctr, st);
 }
 
@@ -389,16 +396,8 @@ int main(int argc, char **argv) {
                     continue;
                 }
             }
-            cudaLaunchConfig_t cfg = {};
-            cudaLaunchAttribute attr[1];
-            attr[0].id = cudaLaunchAttributeClusterDimension;
-            attr[0].val.clusterDim.x = C;
-            attr[0].val.clusterDim.y = 1;
-            attr[0].val.clusterDim.z = 1;
-            cfg.gridDim = dim3(NB);
-            cfg.blockDim = dim3(NT);
-            cfg.attrs = attr;
-            cfg.numAttrs = 1;
+            cudaLaunchAttribute attr;
+            cudaLaunchConfig_t cfg = cluster_config(C, &attr);
             int ncl = 0;
             const cudaError_t e = cudaOccupancyMaxActiveClusters(&ncl, stages<CLUSTER>, &cfg);
             if (e != cudaSuccess) {
