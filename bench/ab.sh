@@ -63,6 +63,6 @@ for f in "$OUT"/ab-profile-*.txt; do
     [ -e "$f" ] || continue
     echo
     echo "$(basename "$f" .txt | sed 's/^ab-profile-//'): mean us per task (inputs / publish), $(grep -m1 'decode:' "$f")"
-    grep -E '^\| (rmsnorm_linear|linear|linear_residual|attention|silu_mul_linear_residual|embed) \|' "$f" \
+    grep -E '^\| (rmsnorm_linear|linear|linear_residual|attention|silu_mul_linear_residual|embed|attention_linear|residual_rmsnorm_linear) \|' "$f" \
         | awk -F'|' '{printf "  %-26s %8s %8s %8s\n", $2, $5, $6, $7}'
 done

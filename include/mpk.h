@@ -235,6 +235,34 @@ typedef struct mpk_attention_desc {
 mpk_status mpk_attention_layer(mpk_kernel *kernel, const mpk_attention_desc *desc, mpk_dim3 grid,
                                mpk_dim3 block, const char *name);
 
+// Attention followed by its output projection, in one stage: the heads' outputs never leave the
+// SM. Task (x, y) runs the attention of kv heads [y * Hkv / grid.y, (y + 1) * Hkv / grid.y) for
+// every row (as mpk_attention_layer; desc->output is not used and may be NULL) and multiplies
+// those heads' outputs (rounded to bf16) by its slice of weight (N, Hq*D): output columns
+// [x * N / grid.x, (x + 1) * N / grid.x), input columns of its heads. It writes fp32 partial sums:
+// partial (T, grid.y * N) f32, group y in columns [y * N, (y + 1) * N). The full product is the
+// sum over the groups, which mpk_residual_rmsnorm_linear_layer adds in group order. Every task
+// of a group runs its heads' attention (at decode this is latency, not work, and saves the
+// hand-off between attention and projection); the first of each group appends the keys and
+// values to the cache. Needs T * (Hkv / grid.y) * G * D * 2 bytes <= 64 KiB (the outputs
+// kept on chip) and G * D a multiple of 8.
+mpk_status mpk_attention_linear_layer(mpk_kernel *kernel, const mpk_attention_desc *desc,
+                                      const mpk_tensor *weight, mpk_tensor *partial,
+                                      mpk_dim3 grid, mpk_dim3 block, const char *name);
+
+// residual_out = bf16(residual + partial[:, 0:N] + partial[:, N:2N] + ...), the fp32 partial
+// sums of mpk_attention_linear_layer added in group order; then output = rmsnorm(residual_out)
+// @ linear_weight^T as mpk_rmsnorm_linear_layer. residual (T, K) bf16, partial (T, P * K) f32,
+// norm_weight (K), linear_weight (N, K), output (T, N), residual_out (T, K). Task x writes
+// columns [x * K / grid.x, (x + 1) * K / grid.x) of residual_out (none when grid.x > K and
+// that range is empty).
+mpk_status mpk_residual_rmsnorm_linear_layer(mpk_kernel *kernel, const mpk_tensor *residual,
+                                             const mpk_tensor *partial,
+                                             const mpk_tensor *norm_weight,
+                                             const mpk_tensor *linear_weight, mpk_tensor *output,
+                                             mpk_tensor *residual_out, float eps, mpk_dim3 grid,
+                                             mpk_dim3 block, const char *name);
+
 // output = silu(gate) * up, where input (T, 2I) holds gate in columns [0, I) and up in [I, 2I).
 // output (T, I).
 mpk_status mpk_silu_mul_layer(mpk_kernel *kernel, const mpk_tensor *input, mpk_tensor *output,

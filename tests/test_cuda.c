@@ -86,7 +86,9 @@ Test(cuda, codegen_preloads_attention) {
     p.page_size = 16;
     mpk_kernel *k = NULL;
     cr_assert_eq(mpk_kernel_create(&p, &k), MPK_OK);
-    cr_assert_eq(mpk_model_build(m, k, NULL), MPK_OK, "%s", mpk_last_error(k));
+    mpk_build_options bo = mpk_build_default_options();
+    bo.attention_output = MPK_ATTN_OUT_SEPARATE;  // (the fused attention has no preload)
+    cr_assert_eq(mpk_model_build(m, k, &bo), MPK_OK, "%s", mpk_last_error(k));
     cr_assert_eq(mpk_compile(k), MPK_OK, "%s", mpk_last_error(k));
     char *src = NULL;
     cr_assert_eq(mpk_cuda_codegen(k, &src), MPK_OK, "%s", mpk_last_error(k));

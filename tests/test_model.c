@@ -15,6 +15,7 @@
 #include "mpk/model.h"
 #include "model/model_internal.h"
 #include "model/safetensors.h"
+#include "kernels/task.h"  // MPK_ATTENTION_LINEAR_MAX_ROW_BYTES
 
 // ---- helpers -----------------------------------------------------------------------------------
 
@@ -778,12 +779,21 @@ static mpk_kernel *cpu_kernel(int32_t workers, int32_t T, int32_t seq) {
     return k;
 }
 
+// Whether the builder fuses attention with o_proj by default (builder.c: fuse_attention): the
+// outputs fit on chip and a task's projection slice is at most 32 KB.
+static int expect_fused(const mpk_model_config *c, int64_t T, int32_t W) {
+    int64_t GD = (int64_t)c->num_heads / c->num_kv_heads * c->head_dim, H = c->hidden_size;
+    int64_t slice = H / mpk_build_attention_linear_chunks(H, c->num_kv_heads, W) * GD * 2;
+    return GD % 8 == 0 && T * GD * 2 <= MPK_ATTENTION_LINEAR_MAX_ROW_BYTES && slice <= 32 * 1024;
+}
+
 // Tasks the builder emits for config c with W workers (the grid rules of builder.c).
-static int64_t expected_tasks(const mpk_model_config *c, int32_t W, int sampling) {
-    int64_t H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
-    int64_t per_layer = mpk_build_pick_grid(mpk_model_qkv_rows(c), W) + c->num_kv_heads +
-                        mpk_build_pick_grid(H, W) + mpk_build_pick_grid(2 * I, W) +
-                        mpk_build_pick_grid(H, W);
+static int64_t expected_tasks(const mpk_model_config *c, int32_t W, int sampling, int fused) {
+    int64_t H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, Hkv = c->num_kv_heads;
+    int64_t attn_o = fused ? Hkv * mpk_build_attention_linear_chunks(H, (int32_t)Hkv, W)
+                           : Hkv + mpk_build_pick_grid(H, W);
+    int64_t per_layer = mpk_build_pick_grid(mpk_model_qkv_rows(c), W) + attn_o +
+                        mpk_build_pick_grid(2 * I, W) + mpk_build_pick_grid(H, W);
     int64_t head = mpk_build_pick_grid(H, W) + mpk_build_pick_grid(V, W);
     return head + per_layer * c->num_layers + (sampling ? 1 : mpk_build_argmax_grid(V, W) + 1);
 }
@@ -805,9 +815,11 @@ static void build_and_check(mpk_model_config c, int32_t W, int sampling) {
     cr_assert_eq(mpk_compile(k), MPK_OK, "%s", mpk_last_error(k));
     mpk_graph_stats s;
     cr_assert_eq(mpk_graph_get_stats(k, &s), MPK_OK);
-    // embed, 5 per decoder layer, LM head, argmax (partial + reduce) or sampling.
-    cr_expect_eq(s.num_layers, 1 + 5 * c.num_layers + 1 + (sampling ? 1 : 2));
-    cr_expect_eq(s.num_tasks, expected_tasks(&c, W, sampling), "%s W=%d: %d tasks", preset, W,
+    // embed, 5 per decoder layer (4 with attention and o_proj fused), LM head, argmax (partial +
+    // reduce) or sampling.
+    int fused = expect_fused(&c, 8, W);
+    cr_expect_eq(s.num_layers, 1 + (fused ? 4 : 5) * c.num_layers + 1 + (sampling ? 1 : 2));
+    cr_expect_eq(s.num_tasks, expected_tasks(&c, W, sampling, fused), "%s W=%d: %d tasks", preset, W,
                  s.num_tasks);
     // A short generation runs and yields valid token ids.
     const int32_t prompt[5] = {1, 5, 9, 300, 17};
@@ -856,4 +868,129 @@ Test(model, build_rejects_null_and_compiled) {
     cr_expect(mpk_last_error(k)[0] != '\0');
     mpk_kernel_free(k);
     mpk_model_free(m);
+}
+
+// Attention fused with the output projection (one stage, fp32 partial sums per kv head added by
+// the gate/up task) against the separate layers, on the CPU: a 5-token prompt (several rows of
+// one request in one iteration: the tasks that do not append read those rows' keys from qkv)
+// and 6 decoded tokens. Grids for 16 workers, so each kv head group has several column chunks.
+// The sums are added in another order, so the logits agree to rounding, not bit for bit.
+static void run_attention_output(int mode, int32_t *toks_out, int32_t *ntok, float *logits_out,
+                                 int64_t *nlogits) {
+    mpk_model_config c;
+    cr_assert_eq(mpk_model_config_preset("qwen3-tiny", &c), MPK_OK);
+    c.num_layers = 3;
+    mpk_model *m;
+    char err[256] = "";
+    cr_assert_eq(mpk_model_create_random(&c, 7, &m, err, sizeof err), MPK_OK, "%s", err);
+    mpk_kernel *k = cpu_kernel(2, 8, 64);
+    mpk_build_options o = mpk_build_default_options();
+    o.num_workers_hint = 16;
+    o.attention_output = mode;
+    cr_assert_eq(mpk_model_build(m, k, &o), MPK_OK, "%s", mpk_last_error(k));
+    cr_assert_eq(mpk_compile(k), MPK_OK, "%s", mpk_last_error(k));
+    mpk_graph_stats s;
+    cr_assert_eq(mpk_graph_get_stats(k, &s), MPK_OK);
+    cr_expect_eq(s.num_layers, 1 + (mode == MPK_ATTN_OUT_FUSED ? 4 : 5) * c.num_layers + 1 + 2);
+    const int32_t prompt[5] = {3, 77, 9, 300, 17};
+    cr_assert_eq(mpk_request_add(k, prompt, 5, 6, NULL, NULL), MPK_OK, "%s", mpk_last_error(k));
+    cr_assert_eq(mpk_run(k, NULL, NULL), MPK_OK, "%s", mpk_last_error(k));
+    const int32_t *toks;
+    int32_t plen, total;
+    cr_assert_eq(mpk_request_tokens(k, 0, &toks, &plen, &total), MPK_OK);
+    *ntok = total - plen;
+    memcpy(toks_out, toks + plen, sizeof *toks * (size_t)*ntok);
+    mpk_tensor *lg;
+    cr_assert_eq(mpk_tensor_find(k, "logits", &lg), MPK_OK);
+    int64_t n = mpk_tensor_dim(lg, 0) * mpk_tensor_dim(lg, 1);
+    uint16_t *raw = malloc(sizeof *raw * (size_t)n);
+    cr_assert_eq(mpk_tensor_read(k, lg, raw, sizeof *raw * (size_t)n), MPK_OK);
+    int64_t V = mpk_tensor_dim(lg, 1);
+    for (int64_t j = 0; j < V; j++) {  // row 0: the last iteration's single decode row
+        uint32_t u = (uint32_t)raw[j] << 16;
+        memcpy(&logits_out[j], &u, 4);
+    }
+    *nlogits = V;
+    free(raw);
+    mpk_kernel_free(k);
+    mpk_model_free(m);
+}
+
+Test(model, attention_output_fused_matches_separate) {
+    int32_t ta[16], tb[16], na, nb;
+    static float la[200000], lb[200000];
+    int64_t va, vb;
+    run_attention_output(MPK_ATTN_OUT_FUSED, ta, &na, la, &va);
+    run_attention_output(MPK_ATTN_OUT_SEPARATE, tb, &nb, lb, &vb);
+    cr_assert_eq(na, 6);
+    cr_assert_eq(nb, 6);
+    cr_assert_eq(va, vb);
+    double num = 0, den = 0;
+    for (int64_t j = 0; j < va; j++) {
+        num += ((double)la[j] - lb[j]) * ((double)la[j] - lb[j]);
+        den += (double)lb[j] * lb[j];
+    }
+    cr_expect(den > 0 && num / den < 1e-4, "logits differ: normalised squared error %.3g", num / den);
+    cr_expect(memcmp(ta, tb, sizeof ta[0] * 6) == 0, "tokens differ: %d %d %d vs %d %d %d", ta[0], ta[1],
+              ta[2], tb[0], tb[1], tb[2]);
+}
+
+// The fused layers' shape checks name the problem.
+Test(model, attention_linear_rejects) {
+    mpk_kernel *k = cpu_kernel(2, 64, 64);
+    const mpk_kernel_params *p = mpk_kernel_get_params(k);
+    int64_t P = p->num_pages, S = p->page_size, T = 64;
+    mpk_tensor *qkv, *kc, *vc, *w, *part, *bad, *x, *nw, *wg, *out, *xo;
+    cr_assert_eq(mpk_new_tensor(k, 2, (int64_t[]){T, 2 * (8 + 2) * 128}, MPK_BF16, "qkv", MPK_IO_DEVICE, &qkv), MPK_OK);
+    cr_assert_eq(mpk_new_tensor(k, 4, (int64_t[]){P, 2, S, 128}, MPK_BF16, "kc", MPK_IO_DEVICE, &kc), MPK_OK);
+    cr_assert_eq(mpk_new_tensor(k, 4, (int64_t[]){P, 2, S, 128}, MPK_BF16, "vc", MPK_IO_DEVICE, &vc), MPK_OK);
+    cr_assert_eq(mpk_new_tensor(k, 2, (int64_t[]){256, 16 * 128}, MPK_BF16, "wo", MPK_IO_DEVICE, &w), MPK_OK);
+    cr_assert_eq(mpk_new_tensor(k, 2, (int64_t[]){T, 2 * 256}, MPK_F32, "part", MPK_IO_DEVICE, &part), MPK_OK);
+    cr_assert_eq(mpk_new_tensor(k, 2, (int64_t[]){T, 3 * 256}, MPK_F32, "bad", MPK_IO_DEVICE, &bad), MPK_OK);
+    mpk_attention_desc d = {.qkv = qkv, .k_cache = kc, .v_cache = vc, .num_q_heads = 16,
+                            .num_kv_heads = 2, .head_dim = 128};
+    // 64 rows x 8 heads x 128 = 128 KiB of outputs on chip: over the bound.
+    cr_expect_eq(mpk_attention_linear_layer(k, &d, w, part, (mpk_dim3){4, 2, 1}, (mpk_dim3){0, 0, 0}, "ao"),
+                 MPK_ERR_LIMIT);
+    cr_expect(strstr(mpk_last_error(k), "on chip") != NULL, "%s", mpk_last_error(k));
+    cr_expect_eq(mpk_attention_linear_layer(k, &d, w, bad, (mpk_dim3){4, 2, 1}, (mpk_dim3){0, 0, 0}, "ao"),
+                 MPK_ERR_SHAPE);
+    cr_expect(strstr(mpk_last_error(k), "partial") != NULL, "%s", mpk_last_error(k));
+    cr_expect_eq(mpk_attention_linear_layer(k, &d, w, part, (mpk_dim3){4, 3, 1}, (mpk_dim3){0, 0, 0}, "ao"),
+                 MPK_ERR_SHAPE);
+    cr_expect_eq(mpk_attention_linear_layer(k, &d, w, part, (mpk_dim3){3, 2, 1}, (mpk_dim3){0, 0, 0}, "ao"),
+                 MPK_ERR_SHAPE);
+    cr_expect_eq(mpk_attention_linear_layer(k, NULL, w, part, (mpk_dim3){4, 2, 1}, (mpk_dim3){0, 0, 0}, "ao"),
+                 MPK_ERR_INVALID_ARG);
+    cr_assert_eq(mpk_new_tensor(k, 2, (int64_t[]){T, 256}, MPK_BF16, "x", MPK_IO_DEVICE, &x), MPK_OK);
+    cr_assert_eq(mpk_new_tensor(k, 1, (int64_t[]){256}, MPK_BF16, "nw", MPK_IO_DEVICE, &nw), MPK_OK);
+    cr_assert_eq(mpk_new_tensor(k, 2, (int64_t[]){64, 256}, MPK_BF16, "wg", MPK_IO_DEVICE, &wg), MPK_OK);
+    cr_assert_eq(mpk_new_tensor(k, 2, (int64_t[]){T, 64}, MPK_BF16, "out", MPK_IO_DEVICE, &out), MPK_OK);
+    cr_assert_eq(mpk_new_tensor(k, 2, (int64_t[]){T, 256}, MPK_BF16, "xo", MPK_IO_DEVICE, &xo), MPK_OK);
+    mpk_tensor *odd;
+    cr_assert_eq(mpk_new_tensor(k, 2, (int64_t[]){T, 300}, MPK_F32, "odd", MPK_IO_DEVICE, &odd), MPK_OK);
+    cr_expect_eq(mpk_residual_rmsnorm_linear_layer(k, x, odd, nw, wg, out, xo, 1e-6f, (mpk_dim3){4, 1, 1},
+                                                   (mpk_dim3){0, 0, 0}, "gu"), MPK_ERR_SHAPE);
+    cr_expect(strstr(mpk_last_error(k), "multiple") != NULL, "%s", mpk_last_error(k));
+    cr_expect_eq(mpk_residual_rmsnorm_linear_layer(k, x, part, nw, wg, out, x, 1e-6f, (mpk_dim3){4, 1, 1},
+                                                   (mpk_dim3){0, 0, 0}, "gu"), MPK_ERR_INVALID_ARG);
+    cr_expect_eq(mpk_residual_rmsnorm_linear_layer(k, x, part, nw, wg, out, xo, 0.0f, (mpk_dim3){4, 1, 1},
+                                                   (mpk_dim3){0, 0, 0}, "gu"), MPK_ERR_INVALID_ARG);
+    cr_expect_eq(mpk_residual_rmsnorm_linear_layer(k, x, part, nw, wg, out, xo, 1e-6f, (mpk_dim3){5, 1, 1},
+                                                   (mpk_dim3){0, 0, 0}, "gu"), MPK_ERR_SHAPE);
+    cr_expect_eq(mpk_residual_rmsnorm_linear_layer(k, x, part, nw, wg, out, xo, 1e-6f, (mpk_dim3){4, 1, 1},
+                                                   (mpk_dim3){0, 0, 0}, "gu"), MPK_OK, "%s", mpk_last_error(k));
+    mpk_build_options o = mpk_build_default_options();
+    o.attention_output = 7;
+    mpk_model_config c;
+    cr_assert_eq(mpk_model_config_preset("qwen3-tiny", &c), MPK_OK);
+    mpk_model *m;
+    char err[256] = "";
+    cr_assert_eq(mpk_model_create_random(&c, 3, &m, err, sizeof err), MPK_OK, "%s", err);
+    mpk_kernel *k2 = cpu_kernel(2, 4, 32);
+    cr_expect_eq(mpk_model_build(m, k2, &o), MPK_ERR_INVALID_ARG);
+    cr_expect(strstr(mpk_last_error(k2), "attention_output") != NULL, "%s", mpk_last_error(k2));
+    mpk_kernel_free(k2);
+    mpk_model_free(m);
+    mpk_kernel_free(k);
 }

@@ -98,13 +98,20 @@ typedef struct mpk_build_options {
     int32_t sampling;          // 0: argmax layer (greedy); 1: sampling layer (per-request settings)
     int32_t num_workers_hint;  // workers to size the grids for; 0 = the kernel's num_workers
                                // (or 8 when that is 0 too)
+    // How attention meets the output projection: MPK_ATTN_OUT_AUTO (0) fuses them
+    // (mpk_attention_linear_layer, one stage less per layer) when the layer accepts the shapes,
+    // MPK_ATTN_OUT_FUSED requires it, MPK_ATTN_OUT_SEPARATE keeps attention and o_proj apart.
+    int32_t attention_output;
 } mpk_build_options;
+
+enum { MPK_ATTN_OUT_AUTO = 0, MPK_ATTN_OUT_FUSED = 1, MPK_ATTN_OUT_SEPARATE = 2 };
 
 mpk_build_options mpk_build_default_options(void);
 
 // Emits the whole decoder into a kernel made with mpk_kernel_create and not yet compiled: embed,
 // per layer rmsnorm+QKV, attention (paged KV cache, q/k norm for Qwen3, RoPE), o_proj + residual,
-// rmsnorm+gate/up, silu*up+down + residual, then the final norm + LM head into a tensor named
+// rmsnorm+gate/up, silu*up+down + residual (attention and o_proj fused per
+// opt->attention_output, the residual then added by the gate/up task), then the final norm + LM head into a tensor named
 // "logits" (max_batched_tokens, vocab) bf16, and argmax or sampling into MPK_META_OUTPUT_IDS.
 // Weight tensors are attached without copying: the model must outlive the kernel. opt may be NULL
 // (defaults). On failure mpk_last_error(kernel) names the layer.

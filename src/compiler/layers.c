@@ -353,56 +353,184 @@ mpk_status mpk_linear_with_residual_layer(mpk_kernel *k, const mpk_tensor *x, co
 
 // ---- attention ---------------------------------------------------------------------------------
 
+// Checks an attention desc's tensors against the kernel's params; *G gets the query heads per
+// kv head. The output is checked only when `with_output`.
+static mpk_status attention_check(layer_ctx *c, const mpk_attention_desc *d, int with_output,
+                                  int64_t *G_out) {
+    mpk_kernel *k = c->k;
+    if (!d) return layer_fail(c, MPK_ERR_INVALID_ARG, "desc is NULL");
+    int64_t T = rows_total(k), Hq = d->num_q_heads, Hkv = d->num_kv_heads, D = d->head_dim;
+    if (Hq < 1 || Hkv < 1 || D < 2 || D % 2 || D > MPK_ATTENTION_MAX_HEAD_DIM)
+        return layer_fail(c, MPK_ERR_SHAPE, "num_q_heads=%d, num_kv_heads=%d, head_dim=%d are invalid (head_dim even, <= 512)",
+                          d->num_q_heads, d->num_kv_heads, d->head_dim);
+    if (Hq % Hkv) return layer_fail(c, MPK_ERR_SHAPE, "num_kv_heads=%lld does not divide num_q_heads=%lld", (long long)Hkv, (long long)Hq);
+    int64_t G = Hq / Hkv, P = k->params.num_pages, S = k->params.page_size;
+    TRY(want(c, d->qkv, "qkv", MPK_BF16, 2, (int64_t[]){T, Hkv * (G + 2) * D}));
+    TRY(want(c, d->k_cache, "k_cache", MPK_BF16, 4, (int64_t[]){P, Hkv, S, D}));
+    TRY(want(c, d->v_cache, "v_cache", MPK_BF16, 4, (int64_t[]){P, Hkv, S, D}));
+    if (d->q_norm) TRY(want(c, d->q_norm, "q_norm", MPK_BF16, 1, (int64_t[]){D}));
+    if (d->k_norm) TRY(want(c, d->k_norm, "k_norm", MPK_BF16, 1, (int64_t[]){D}));
+    if (d->rope_inv_freq) TRY(want(c, d->rope_inv_freq, "rope_inv_freq", MPK_F32, 1, (int64_t[]){D / 2}));
+    if (with_output) TRY(want(c, d->output, "output", MPK_BF16, 2, (int64_t[]){T, Hq * D}));
+    if (d->k_cache == d->v_cache) return layer_fail(c, MPK_ERR_INVALID_ARG, "k_cache and v_cache must differ");
+    if ((d->q_norm || d->k_norm) && !(d->norm_eps > 0))
+        return layer_fail(c, MPK_ERR_INVALID_ARG, "norm_eps must be > 0 with q/k norms");
+    *G_out = G;
+    return MPK_OK;
+}
+
+// The attention shape constants p[0..9] (task.h), shared by ATTENTION and ATTENTION_LINEAR.
+static void attention_params(mpk_variant *v, const mpk_kernel *k, const mpk_attention_desc *d,
+                             int64_t G, int64_t hpt) {
+    int64_t Hkv = d->num_kv_heads, D = d->head_dim, S = k->params.page_size;
+    v->p[0] = (int32_t)G; v->p[1] = (int32_t)D; v->p[2] = (int32_t)(Hkv * (G + 2) * D);
+    v->p[3] = (int32_t)(d->num_q_heads * D); v->p[4] = (int32_t)S; v->p[5] = (int32_t)(Hkv * S * D);
+    v->p[6] = d->q_norm != NULL; v->p[7] = d->k_norm != NULL; v->p[8] = d->rope_inv_freq != NULL;
+    v->p[9] = (int32_t)hpt;
+    v->f[0] = d->norm_eps;
+    v->f[1] = d->scale > 0 ? d->scale : 1.0f / sqrtf((float)D);
+}
+
+// Operands 0-5 of an attention task for kv heads [h0, h1), and its reads of them.
+static int attention_operands(mpk_kernel *k, const mpk_attention_desc *d, int64_t G, int64_t h0,
+                              int64_t h1) {
+    int64_t T = rows_total(k), D = d->head_dim;
+    operand(k, 0, d->qkv, 0, h0 * (G + 2) * D);
+    operand(k, 1, d->k_cache, 0, h0);
+    operand(k, 2, d->v_cache, 0, h0);
+    if (d->q_norm) operand(k, 3, d->q_norm, 0, 0);
+    if (d->k_norm) operand(k, 4, d->k_norm, 0, 0);
+    if (d->rope_inv_freq) operand(k, 5, d->rope_inv_freq, 0, 0);
+    return access(k, d->qkv, 0, 0, T, h0 * (G + 2) * D, h1 * (G + 2) * D) &&
+           (!d->q_norm || access(k, d->q_norm, 0, 0, D, 0, 1)) &&
+           (!d->k_norm || access(k, d->k_norm, 0, 0, D, 0, 1)) &&
+           (!d->rope_inv_freq || access(k, d->rope_inv_freq, 0, 0, D / 2, 0, 1));
+}
+
 mpk_status mpk_attention_layer(mpk_kernel *k, const mpk_attention_desc *d, mpk_dim3 grid,
                                mpk_dim3 block, const char *name) {
     layer_ctx c;
     TRY(layer_begin(&c, k, "attention", name, grid));
-    if (!d) return layer_fail(&c, MPK_ERR_INVALID_ARG, "desc is NULL");
-    int64_t T = rows_total(k), Hq = d->num_q_heads, Hkv = d->num_kv_heads, D = d->head_dim;
-    if (Hq < 1 || Hkv < 1 || D < 2 || D % 2 || D > MPK_ATTENTION_MAX_HEAD_DIM)
-        return layer_fail(&c, MPK_ERR_SHAPE, "num_q_heads=%d, num_kv_heads=%d, head_dim=%d are invalid (head_dim even, <= 512)",
-                          d->num_q_heads, d->num_kv_heads, d->head_dim);
-    if (Hq % Hkv) return layer_fail(&c, MPK_ERR_SHAPE, "num_kv_heads=%lld does not divide num_q_heads=%lld", (long long)Hkv, (long long)Hq);
-    int64_t G = Hq / Hkv, P = k->params.num_pages, S = k->params.page_size;
-    TRY(want(&c, d->qkv, "qkv", MPK_BF16, 2, (int64_t[]){T, Hkv * (G + 2) * D}));
-    TRY(want(&c, d->k_cache, "k_cache", MPK_BF16, 4, (int64_t[]){P, Hkv, S, D}));
-    TRY(want(&c, d->v_cache, "v_cache", MPK_BF16, 4, (int64_t[]){P, Hkv, S, D}));
-    if (d->q_norm) TRY(want(&c, d->q_norm, "q_norm", MPK_BF16, 1, (int64_t[]){D}));
-    if (d->k_norm) TRY(want(&c, d->k_norm, "k_norm", MPK_BF16, 1, (int64_t[]){D}));
-    if (d->rope_inv_freq) TRY(want(&c, d->rope_inv_freq, "rope_inv_freq", MPK_F32, 1, (int64_t[]){D / 2}));
-    TRY(want(&c, d->output, "output", MPK_BF16, 2, (int64_t[]){T, Hq * D}));
-    if (d->k_cache == d->v_cache) return layer_fail(&c, MPK_ERR_INVALID_ARG, "k_cache and v_cache must differ");
-    if ((d->q_norm || d->k_norm) && !(d->norm_eps > 0))
-        return layer_fail(&c, MPK_ERR_INVALID_ARG, "norm_eps must be > 0 with q/k norms");
+    int64_t G;
+    TRY(attention_check(&c, d, 1, &G));
+    int64_t T = rows_total(k), Hkv = d->num_kv_heads, D = d->head_dim, P = k->params.num_pages;
     TRY(divides(&c, "grid.x", grid.x, Hkv, "kv heads"));
     if (grid.y != 1) return layer_fail(&c, MPK_ERR_SHAPE, "grid.y=%d must be 1 (a task attends all rows)", grid.y);
     int64_t hpt = Hkv / grid.x;
     mpk_variant v = make_variant(MPK_TASK_ATTENTION);
-    v.p[0] = (int32_t)G; v.p[1] = (int32_t)D; v.p[2] = (int32_t)(Hkv * (G + 2) * D);
-    v.p[3] = (int32_t)(Hq * D); v.p[4] = (int32_t)S; v.p[5] = (int32_t)(Hkv * S * D);
-    v.p[6] = d->q_norm != NULL; v.p[7] = d->k_norm != NULL; v.p[8] = d->rope_inv_freq != NULL;
-    v.p[9] = (int32_t)hpt;
-    v.f[0] = d->norm_eps;
-    v.f[1] = d->scale > 0 ? d->scale : 1.0f / sqrtf((float)D);
+    attention_params(&v, k, d, G, hpt);
     TRY(add_variant(&c, &v));
     TRY(add_layer(&c, MPK_TASK_ATTENTION, name, grid, block));
     for (int32_t xi = 0; xi < grid.x; xi++) {
         int64_t h0 = hpt * xi, h1 = h0 + hpt;
         if (!new_task(&c, MPK_TASK_ATTENTION, 0, (int32_t)T)) return OOM(&c);
-        operand(k, 0, d->qkv, 0, h0 * (G + 2) * D);
-        operand(k, 1, d->k_cache, 0, h0);
-        operand(k, 2, d->v_cache, 0, h0);
-        if (d->q_norm) operand(k, 3, d->q_norm, 0, 0);
-        if (d->k_norm) operand(k, 4, d->k_norm, 0, 0);
-        if (d->rope_inv_freq) operand(k, 5, d->rope_inv_freq, 0, 0);
         operand(k, 6, d->output, 0, h0 * G * D);
-        if (!access(k, d->qkv, 0, 0, T, h0 * (G + 2) * D, h1 * (G + 2) * D) ||
-            !access(k, d->k_cache, 1, 0, P, h0, h1) || !access(k, d->v_cache, 1, 0, P, h0, h1) ||
+        if (!attention_operands(k, d, G, h0, h1) || !access(k, d->k_cache, 1, 0, P, h0, h1) ||
+            !access(k, d->v_cache, 1, 0, P, h0, h1) ||
             !access(k, d->output, 1, 0, T, h0 * G * D, h1 * G * D))
             return OOM(&c);
-        if (d->q_norm && !access(k, d->q_norm, 0, 0, D, 0, 1)) return OOM(&c);
-        if (d->k_norm && !access(k, d->k_norm, 0, 0, D, 0, 1)) return OOM(&c);
-        if (d->rope_inv_freq && !access(k, d->rope_inv_freq, 0, 0, D / 2, 0, 1)) return OOM(&c);
+    }
+    return MPK_OK;
+}
+
+mpk_status mpk_attention_linear_layer(mpk_kernel *k, const mpk_attention_desc *d,
+                                      const mpk_tensor *w, mpk_tensor *partial, mpk_dim3 grid,
+                                      mpk_dim3 block, const char *name) {
+    layer_ctx c;
+    TRY(layer_begin(&c, k, "attention_linear", name, grid));
+    int64_t G;
+    TRY(attention_check(&c, d, 0, &G));
+    int64_t T = rows_total(k), Hq = d->num_q_heads, Hkv = d->num_kv_heads, D = d->head_dim;
+    int64_t P = k->params.num_pages;
+    TRY(want(&c, w, "weight", MPK_BF16, 2, (int64_t[]){-1, Hq * D}));
+    int64_t N = w->dims[0];
+    TRY(divides(&c, "grid.x", grid.x, N, "output columns"));
+    TRY(divides(&c, "grid.y", grid.y, Hkv, "kv heads"));
+    TRY(want(&c, partial, "partial", MPK_F32, 2, (int64_t[]){T, grid.y * N}));
+    int64_t hpt = Hkv / grid.y, n = N / grid.x, Kg = hpt * G * D;
+    if ((G * D) % 8)
+        return layer_fail(&c, MPK_ERR_SHAPE, "heads per kv head x head_dim = %lld is not a multiple of 8", (long long)(G * D));
+    if (T * Kg * 2 > MPK_ATTENTION_LINEAR_MAX_ROW_BYTES)
+        return layer_fail(&c, MPK_ERR_LIMIT, "%lld rows x %lld outputs of a task's heads need %lld bytes on chip, more than %d: use more kv head groups (grid.y) or mpk_attention_layer",
+                          (long long)T, (long long)Kg, (long long)(T * Kg * 2), MPK_ATTENTION_LINEAR_MAX_ROW_BYTES);
+    mpk_variant v = make_variant(MPK_TASK_ATTENTION_LINEAR);
+    attention_params(&v, k, d, G, hpt);
+    v.p[3] = (int32_t)(Hq * D);  // ld_w (the weight's row stride)
+    v.p[10] = (int32_t)n;
+    v.p[11] = (int32_t)(grid.y * N);
+    TRY(add_variant(&c, &v));
+    TRY(add_layer(&c, MPK_TASK_ATTENTION_LINEAR, name, grid, block));
+    for (int32_t y = 0; y < grid.y; y++)
+        for (int32_t xi = 0; xi < grid.x; xi++) {
+            int64_t h0 = hpt * y, h1 = h0 + hpt, n0 = n * xi;
+            mpk_task_rec *r = new_task(&c, MPK_TASK_ATTENTION_LINEAR, 0, (int32_t)T);
+            if (!r) return OOM(&c);
+            // The first task of a group appends the rows' keys and values; the others compute
+            // the same values (the CPU recomputes them, the GPU writes them too: identical
+            // bytes) and read only earlier positions from the cache, so they declare no access
+            // to it: tasks of one layer must not overlap where one writes.
+            r->desc.iparam[0] = xi == 0;
+            operand(k, 6, w, n0, h0 * G * D);
+            prefetch(k, 6, n * Kg * (int64_t)mpk_dtype_size(w->dtype));
+            operand(k, 7, partial, 0, y * N + n0);
+            if (!attention_operands(k, d, G, h0, h1) || !access(k, w, 0, n0, n0 + n, h0 * G * D, h1 * G * D) ||
+                !access(k, partial, 1, 0, T, y * N + n0, y * N + n0 + n))
+                return OOM(&c);
+            if (xi == 0 && (!access(k, d->k_cache, 1, 0, P, h0, h1) || !access(k, d->v_cache, 1, 0, P, h0, h1)))
+                return OOM(&c);
+        }
+    return MPK_OK;
+}
+
+mpk_status mpk_residual_rmsnorm_linear_layer(mpk_kernel *k, const mpk_tensor *x,
+                                             const mpk_tensor *partial, const mpk_tensor *norm_w,
+                                             const mpk_tensor *w, mpk_tensor *out,
+                                             mpk_tensor *x_out, float eps, mpk_dim3 grid,
+                                             mpk_dim3 block, const char *name) {
+    layer_ctx c;
+    TRY(layer_begin(&c, k, "residual_rmsnorm_linear", name, grid));
+    int64_t T = rows_total(k);
+    TRY(want(&c, x, "residual", MPK_BF16, 2, (int64_t[]){T, -1}));
+    int64_t K = x->dims[1];
+    TRY(want(&c, partial, "partial", MPK_F32, 2, (int64_t[]){T, -1}));
+    if (partial->dims[1] % K || partial->dims[1] == 0)
+        return layer_fail(&c, MPK_ERR_SHAPE, "partial '%s' has %lld columns, not a positive multiple of %lld",
+                          partial->name, (long long)partial->dims[1], (long long)K);
+    int64_t P = partial->dims[1] / K;
+    TRY(want(&c, norm_w, "norm weight", MPK_BF16, 1, (int64_t[]){K}));
+    TRY(want(&c, w, "weight", MPK_BF16, 2, (int64_t[]){-1, K}));
+    int64_t N = w->dims[0];
+    TRY(want(&c, out, "output", MPK_BF16, 2, (int64_t[]){T, N}));
+    TRY(want(&c, x_out, "residual_out", MPK_BF16, 2, (int64_t[]){T, K}));
+    if (out == x || x_out == x || out == x_out)
+        return layer_fail(&c, MPK_ERR_INVALID_ARG, "output, residual and residual_out must be three tensors");
+    if (!(eps > 0)) return layer_fail(&c, MPK_ERR_INVALID_ARG, "eps must be > 0");
+    TRY(divides(&c, "grid.x", grid.x, N, "output columns"));
+    if (grid.y != 1) return layer_fail(&c, MPK_ERR_SHAPE, "grid.y=%d must be 1", grid.y);
+    int64_t n = N / grid.x;
+    mpk_variant v = make_variant(MPK_TASK_RESIDUAL_RMSNORM_LINEAR);
+    v.p[0] = (int32_t)K; v.p[1] = (int32_t)n; v.p[2] = (int32_t)K; v.p[3] = (int32_t)K;
+    v.p[4] = (int32_t)N; v.p[5] = (int32_t)P; v.p[6] = (int32_t)(P * K); v.p[7] = (int32_t)K;
+    v.f[0] = eps;
+    TRY(add_variant(&c, &v));
+    TRY(add_layer(&c, MPK_TASK_RESIDUAL_RMSNORM_LINEAR, name, grid, block));
+    for (int32_t xi = 0; xi < grid.x; xi++) {
+        int64_t n0 = n * xi, c0 = K * xi / grid.x, c1 = K * (xi + 1) / grid.x;
+        mpk_task_rec *r = new_task(&c, MPK_TASK_RESIDUAL_RMSNORM_LINEAR, 0, (int32_t)T);
+        if (!r) return OOM(&c);
+        r->desc.iparam[0] = (int32_t)c0;
+        r->desc.iparam[1] = (int32_t)(c1 - c0);
+        operand(k, 0, x, 0, 0);
+        operand(k, 1, partial, 0, 0);
+        operand(k, 2, norm_w, 0, 0);
+        prefetch(k, 3, n * K * (int64_t)mpk_dtype_size(w->dtype));
+        operand(k, 3, w, n0, 0);
+        operand(k, 4, out, 0, n0);
+        operand(k, 5, x_out, 0, 0);
+        if (!access(k, x, 0, 0, T, 0, K) || !access(k, partial, 0, 0, T, 0, P * K) ||
+            !access(k, norm_w, 0, 0, K, 0, 1) || !access(k, w, 0, n0, n0 + n, 0, K) ||
+            !access(k, out, 1, 0, T, n0, n0 + n) || (c1 > c0 && !access(k, x_out, 1, 0, T, c0, c1)))
+            return OOM(&c);
     }
     return MPK_OK;
 }

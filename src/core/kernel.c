@@ -419,7 +419,7 @@ const char *mpk_task_type_name(int32_t type) {
     static const char *names[MPK_TASK_TYPE_COUNT] = {
         "none", "embed", "rmsnorm", "rmsnorm_linear", "linear", "linear_residual", "attention",
         "silu_mul", "silu_mul_linear_residual", "allreduce", "argmax_partial", "argmax_reduce",
-        "sampling",
+        "sampling", "attention_linear", "residual_rmsnorm_linear",
     };
     return (type >= 0 && type < MPK_TASK_TYPE_COUNT) ? names[type] : "?";
 }

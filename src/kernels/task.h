@@ -34,6 +34,8 @@ typedef enum mpk_task_type {
     MPK_TASK_ARGMAX_PARTIAL = 10,
     MPK_TASK_ARGMAX_REDUCE = 11,
     MPK_TASK_SAMPLING = 12,
+    MPK_TASK_ATTENTION_LINEAR = 13,
+    MPK_TASK_RESIDUAL_RMSNORM_LINEAR = 14,
     MPK_TASK_TYPE_COUNT
 } mpk_task_type;
 
@@ -91,8 +93,26 @@ MPK_STATIC_ASSERT(sizeof(mpk_task_desc) == 128, "task descriptor is 128 bytes");
 // ARGMAX_REDUCE                part_val, part_idx, out_ids                 P, ld_part
 // SAMPLING                     logits, out_ids                             V, ld_logits
 // ALLREDUCE                    in(+col), out(+col)                         n, ld_in, ld_out
+// ATTENTION_LINEAR             qkv(+group), k_cache(+head), v_cache(+head),
+//                              q_norm, k_norm, inv_freq, w(+row n0, +col of the group's heads),
+//                              part(+col group * N + n0) f32              G, D, ld_qkv, ld_w,
+//                                                                          page_size, page_stride,
+//                                                                          has_qnorm, has_knorm, has_rope,
+//                                                                          heads per task, n, ld_part;
+//                                                                          iparam[0] = 1: this task
+//                                                                          appends the rows' k/v
+// RESIDUAL_RMSNORM_LINEAR      x, part f32, norm_w, w(+row n0), out(+col n0), x_out
+//                                                                          K, n, ld_x, ld_w, ld_out,
+//                                                                          P, ld_part, ld_xo;
+//                                                                          iparam[0..1] = the x_out
+//                                                                          columns [c0, c0 + count)
+//                                                                          this task writes
 // f[0] is eps (norms) / norm eps (attention); f[1] the softmax scale (attention).
 #define MPK_VARIANT_MAX_PARAMS 12
+
+// ATTENTION_LINEAR keeps its heads' outputs of every row on chip (bf16) for the product: the
+// layer refuses a batch whose rows * heads * G * D * 2 bytes exceed this.
+#define MPK_ATTENTION_LINEAR_MAX_ROW_BYTES 65536
 typedef struct mpk_variant {
     int32_t type;
     int32_t p[MPK_VARIANT_MAX_PARAMS];

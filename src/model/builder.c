@@ -6,11 +6,12 @@
 #include <math.h>
 #include <stdio.h>
 
-#include "core/internal.h"  // mpk_fail: errors land on the kernel like the layer functions' do
+#include "core/internal.h"
+#include "kernels/task.h"  // MPK_ATTENTION_LINEAR_MAX_ROW_BYTES  // mpk_fail: errors land on the kernel like the layer functions' do
 #include "model/model_internal.h"
 
 mpk_build_options mpk_build_default_options(void) {
-    mpk_build_options o = {.sampling = 0, .num_workers_hint = 0};
+    mpk_build_options o = {.sampling = 0, .num_workers_hint = 0, .attention_output = MPK_ATTN_OUT_AUTO};
     return o;
 }
 
@@ -74,7 +75,31 @@ typedef struct build_ctx {
     int64_t P, S;       // KV pages, tokens per page
     mpk_tensor *inv_freq;
     mpk_dim3 block;     // {0,0,0}: each task's default
+    int32_t attention_output;  // MPK_ATTN_OUT_*
 } build_ctx;
+
+// Column chunks of the fused attention + o_proj layer: one kv head per group, the chunks of a
+// group spread over its share of the workers.
+int32_t mpk_build_attention_linear_chunks(int64_t H, int32_t Hkv, int32_t W) {
+    return mpk_build_pick_grid(H, W / Hkv > 0 ? W / Hkv : 1);
+}
+
+// Whether attention and the output projection go in one stage (one kv head per group, so the
+// group's outputs kept on chip are T * G * D bf16). Automatically only where it measured faster
+// (bench/NOTES.md, v9): when a task's slice of the projection (H / chunks rows of G * D) is at
+// most MPK_BUILD_FUSE_MAX_SLICE bytes (Qwen3-0.6B: 32 KB, 3% faster). With larger slices
+// (Qwen3-1.7B 64 KB: 3% slower, Qwen3-8B 256 KB: 10% slower) the product after the attention,
+// K = G * D short and many rows per warp, outweighs the hand-off it saves.
+#define MPK_BUILD_FUSE_MAX_SLICE (32 * 1024)
+static int fuse_attention(const build_ctx *b) {
+    const mpk_model_config *c = &b->m->cfg;
+    const int64_t G = c->num_heads / c->num_kv_heads, D = c->head_dim, H = c->hidden_size;
+    if (b->attention_output == MPK_ATTN_OUT_SEPARATE) return 0;
+    if (b->attention_output == MPK_ATTN_OUT_FUSED) return 1;
+    const int64_t slice = H / mpk_build_attention_linear_chunks(H, c->num_kv_heads, b->W) * G * D * 2;
+    return (G * D) % 8 == 0 && b->T * G * D * 2 <= MPK_ATTENTION_LINEAR_MAX_ROW_BYTES &&
+           slice <= MPK_BUILD_FUSE_MAX_SLICE;
+}
 
 // x (T, H) in, *x_out (T, H) out.
 static mpk_status build_layer(build_ctx *b, int32_t l, mpk_tensor *x, mpk_tensor **x_out) {
@@ -108,7 +133,6 @@ static mpk_status build_layer(build_ctx *b, int32_t l, mpk_tensor *x, mpk_tensor
     if ((st = activation(k, b->T, QKV, NM("qkv"), &qkv)) ||
         (st = mpk_new_tensor(k, 4, cache_dims, MPK_BF16, NM("k_cache"), MPK_IO_DEVICE, &kc)) ||
         (st = mpk_new_tensor(k, 4, cache_dims, MPK_BF16, NM("v_cache"), MPK_IO_DEVICE, &vc)) ||
-        (st = activation(k, b->T, Hq * D, NM("attn_out"), &attn)) ||
         (st = activation(k, b->T, H, NM("attn_residual"), &x2)) ||
         (st = activation(k, b->T, 2 * I, NM("gate_up"), &gu)) ||
         (st = activation(k, b->T, H, NM("output"), &x3)))
@@ -119,9 +143,29 @@ static mpk_status build_layer(build_ctx *b, int32_t l, mpk_tensor *x, mpk_tensor
     mpk_dim3 g_gu = gx(mpk_build_pick_grid(2 * I, b->W)), g_attn = gx((int32_t)Hkv);
     mpk_attention_desc ad = {
         .qkv = qkv, .k_cache = kc, .v_cache = vc, .q_norm = q_norm, .k_norm = k_norm,
-        .rope_inv_freq = b->inv_freq, .output = attn, .num_q_heads = (int32_t)Hq,
+        .rope_inv_freq = b->inv_freq, .output = NULL, .num_q_heads = (int32_t)Hq,
         .num_kv_heads = (int32_t)Hkv, .head_dim = (int32_t)D, .norm_eps = eps, .scale = 0.0f,
     };
+    if (fuse_attention(b)) {
+        // attention + o_proj per (kv head, column chunk), one kv head per group: fp32 partial
+        // sums per head that the gate/up task adds to the residual (writing x2 on the way).
+        mpk_dim3 g_ao = {mpk_build_attention_linear_chunks(H, (int32_t)Hkv, b->W), (int32_t)Hkv, 1};
+        int64_t pdims[2] = {b->T, Hkv * H};
+        mpk_tensor *part;
+        if ((st = mpk_new_tensor(k, 2, pdims, MPK_F32, NM("o_proj.partial"), MPK_IO_DEVICE, &part)) ||
+            (st = mpk_rmsnorm_linear_layer(k, x, in_norm, wqkv, qkv, eps, g_qkv, b->block,
+                                           NM("qkv_proj"))) ||
+            (st = mpk_attention_linear_layer(k, &ad, wo, part, g_ao, b->block, NM("attention_o_proj"))) ||
+            (st = mpk_residual_rmsnorm_linear_layer(k, x, part, post_norm, wgu, gu, x2, eps, g_gu,
+                                                    b->block, NM("gate_up_proj"))) ||
+            (st = mpk_silu_mul_linear_with_residual_layer(k, gu, wdown, x2, x3, g_h, b->block,
+                                                          NM("down_proj"))))
+            return st;
+        *x_out = x3;
+        return MPK_OK;
+    }
+    if ((st = activation(k, b->T, Hq * D, NM("attn_out"), &attn))) return st;
+    ad.output = attn;
     if ((st = mpk_rmsnorm_linear_layer(k, x, in_norm, wqkv, qkv, eps, g_qkv, b->block,
                                        NM("qkv_proj"))) ||
         (st = mpk_attention_layer(k, &ad, g_attn, b->block, NM("attention"))) ||
@@ -150,6 +194,10 @@ mpk_status mpk_model_build(mpk_model *m, mpk_kernel *k, const mpk_build_options 
              : p->num_workers > 0   ? p->num_workers
                                     : 8,
     };
+    b.attention_output = o.attention_output;
+    if (o.attention_output < MPK_ATTN_OUT_AUTO || o.attention_output > MPK_ATTN_OUT_SEPARATE)
+        return mpk_fail(k, MPK_ERR_INVALID_ARG, "mpk_model_build: attention_output %d is not one of MPK_ATTN_OUT_AUTO, _FUSED, _SEPARATE",
+                        o.attention_output);
     const int64_t V = c->vocab_size, H = c->hidden_size, D = c->head_dim;
     mpk_status st;
     mpk_tensor *in_ids, *out_ids, *embed, *lm_head, *final_norm, *x, *logits;

@@ -57,6 +57,8 @@ int64_t mpk_model_qkv_rows(const mpk_model_config *cfg);
 // The builder's grid choices (builder.c), exposed for tests: grid.x for a layer that splits n
 // output columns among `workers`, and the argmax layer's number of partial maxima.
 int32_t mpk_build_pick_grid(int64_t n, int32_t workers);
+// Column chunks (grid.x) of the fused attention + o_proj layer for hidden size H.
+int32_t mpk_build_attention_linear_chunks(int64_t H, int32_t num_kv_heads, int32_t workers);
 int32_t mpk_build_argmax_grid(int64_t vocab, int32_t workers);
 
 #endif  // MPK_MODEL_INTERNAL_H

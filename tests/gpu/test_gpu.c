@@ -234,6 +234,19 @@ static double compare(const run_out *a, const run_out *b, int i, int *sent_bad, 
             num += (u - v) * (u - v);
             den += u * u;
         }
+    } else if (a->dtype[i] == MPK_F32) {  // partial sums: values, like bf16
+        size_t n = a->bytes[i] / 4;
+        const uint32_t *x = a->data[i], *y = b->data[i];
+        for (size_t j = 0; j < n; j++) {
+            if ((x[j] == SENT_I32) != (y[j] == SENT_I32)) { (*sent_bad)++; continue; }
+            if (x[j] == SENT_I32) continue;
+            float u, v;
+            memcpy(&u, &x[j], 4);
+            memcpy(&v, &y[j], 4);
+            if (u != u || v != v) { (*nan)++; continue; }
+            num += ((double)u - v) * ((double)u - v);
+            den += (double)u * u;
+        }
     } else {
         size_t n = a->bytes[i] / 4;
         const uint32_t *x = a->data[i], *y = b->data[i];
@@ -260,12 +273,12 @@ static mpk_status new_t(mpk_kernel *k, const char *name, int64_t r, int64_t c, m
 // One layer of the per-task graph: every task type on its own inputs (awkward shapes), all in
 // one graph so one build covers them. Inputs and outputs are named "<prefix>.<what>".
 enum { L_LINEAR, L_LINEAR_RES, L_RMSNORM_LINEAR, L_SILU_LINEAR_RES, L_RMSNORM, L_SILU_MUL,
-       L_EMBED, L_ALLREDUCE, L_ATTENTION, L_ARGMAX, L_SAMPLING };
+       L_EMBED, L_ALLREDUCE, L_ATTENTION, L_ARGMAX, L_SAMPLING, L_ATTN_LINEAR, L_RES_NORM_LINEAR };
 
 typedef struct layer_spec {
     const char *label;
     int kind;
-    int a[6];     // shape and grid, per kind (see add_spec)
+    int a[8];     // shape and grid, per kind (see add_spec)
     double tol;   // normalised squared error bound
 } layer_spec;
 
@@ -285,7 +298,8 @@ static mpk_status build_spec(mpk_kernel *k, gcase *c, int i, const layer_spec *s
     const int *a = sp->a;
     char nm[64];
     mpk_tensor *out = NULL, *ids;
-    if (sp->kind != L_ARGMAX && sp->kind != L_SAMPLING && sp->kind != L_ATTENTION) {
+    if (sp->kind != L_ARGMAX && sp->kind != L_SAMPLING && sp->kind != L_ATTENTION &&
+        sp->kind != L_ATTN_LINEAR && sp->kind != L_RES_NORM_LINEAR) {
         int64_t cols = sp->kind <= L_SILU_LINEAR_RES ? a[1] : a[0];
         snprintf(nm, sizeof nm, "%s.out", p);
         TRY(new_t(k, nm, T, cols, MPK_BF16, &out));
@@ -333,6 +347,37 @@ static mpk_status build_spec(mpk_kernel *k, gcase *c, int i, const layer_spec *s
         d.head_dim = a[2];
         d.norm_eps = 1e-6f;
         return mpk_attention_layer(k, &d, D3(a[5], 1), NOBLOCK, p);
+    }
+    case L_ATTN_LINEAR: {  // Hq, Hkv, D, norms, rope, gx (column chunks), gy (kv head groups), N
+        int64_t P = c->params.num_pages, S = c->params.page_size;
+        mpk_tensor *kc, *vc, *part;
+        snprintf(nm, sizeof nm, "%s.part", p);
+        TRY(new_t(k, nm, T, (int64_t)a[6] * a[7], MPK_F32, &part));
+        snprintf(nm, sizeof nm, "%s.k_cache", p);
+        TRY(mpk_new_tensor(k, 4, (int64_t[]){P, a[1], S, a[2]}, MPK_BF16, nm, MPK_IO_DEVICE, &kc));
+        snprintf(nm, sizeof nm, "%s.v_cache", p);
+        TRY(mpk_new_tensor(k, 4, (int64_t[]){P, a[1], S, a[2]}, MPK_BF16, nm, MPK_IO_DEVICE, &vc));
+        mpk_attention_desc d = {0};
+        d.qkv = in_t(k, p, "x");
+        d.k_cache = kc;
+        d.v_cache = vc;
+        d.q_norm = a[3] ? in_t(k, p, "qn") : NULL;
+        d.k_norm = a[3] ? in_t(k, p, "kn") : NULL;
+        d.rope_inv_freq = a[4] ? in_t(k, p, "freq") : NULL;
+        d.num_q_heads = a[0];
+        d.num_kv_heads = a[1];
+        d.head_dim = a[2];
+        d.norm_eps = 1e-6f;
+        return mpk_attention_linear_layer(k, &d, in_t(k, p, "w"), part, D3(a[5], a[6]), NOBLOCK, p);
+    }
+    case L_RES_NORM_LINEAR: {  // K, N, gx, P (partial groups)
+        mpk_tensor *xo;
+        snprintf(nm, sizeof nm, "%s.out", p);
+        TRY(new_t(k, nm, T, a[1], MPK_BF16, &out));
+        snprintf(nm, sizeof nm, "%s.x_out", p);
+        TRY(new_t(k, nm, T, a[0], MPK_BF16, &xo));
+        return mpk_residual_rmsnorm_linear_layer(k, in_t(k, p, "x"), in_t(k, p, "part"), in_t(k, p, "nw"),
+                                                 in_t(k, p, "w"), out, xo, 1e-5f, D3(a[2], 1), NOBLOCK, p);
     }
     case L_ARGMAX:  // V, gx, gy
         TRY(mpk_meta_tensor(k, MPK_META_OUTPUT_IDS, &ids));
@@ -403,6 +448,35 @@ static void setup_spec(gcase *c, int i, const layer_spec *sp) {
         c->out_spec[c->nout++] = i;
         break;
     }
+    case L_ATTN_LINEAR: {
+        add_named(c, p, "x", 2, (int64_t[]){T, a[1] * (a[0] / a[1] + 2) * a[2]}, MPK_BF16, 1.0f);
+        add_named(c, p, "qn", 1, (int64_t[]){a[2]}, MPK_BF16, 1.0f);
+        add_named(c, p, "kn", 1, (int64_t[]){a[2]}, MPK_BF16, 1.0f);
+        add_named(c, p, "freq", 1, (int64_t[]){a[2] / 2}, MPK_F32, 1.0f);
+        host_buf *f = &c->in[c->nin - 1];
+        for (int j = 0; j < a[2] / 2; j++) ((float *)f->data)[j] = powf(10000.0f, -2.0f * (float)j / (float)a[2]);
+        add_named(c, p, "w", 2, (int64_t[]){a[7], a[0] * a[2]}, MPK_BF16, 0.1f);
+        char *k1 = malloc(64), *v1 = malloc(64);
+        snprintf(k1, 64, "%s.k_cache", p);
+        snprintf(v1, 64, "%s.v_cache", p);
+        snprintf(nm, 64, "%s.part", p);
+        c->outputs[c->nout] = k1;
+        c->out_spec[c->nout++] = i;
+        c->outputs[c->nout] = v1;
+        c->out_spec[c->nout++] = i;
+        break;
+    }
+    case L_RES_NORM_LINEAR: {
+        add_named(c, p, "x", 2, (int64_t[]){T, a[0]}, MPK_BF16, 1.0f);
+        add_named(c, p, "part", 2, (int64_t[]){T, (int64_t)a[3] * a[0]}, MPK_F32, 1.0f);
+        add_named(c, p, "nw", 1, (int64_t[]){a[0]}, MPK_BF16, 1.0f);
+        add_named(c, p, "w", 2, (int64_t[]){a[1], a[0]}, MPK_BF16, 0.1f);
+        char *xo = malloc(64);
+        snprintf(xo, 64, "%s.x_out", p);
+        c->outputs[c->nout] = xo;
+        c->out_spec[c->nout++] = i;
+        break;
+    }
     default:  // argmax, sampling: logits; the tokens are compared
         add_named(c, p, "x", 2, (int64_t[]){T, a[0]}, MPK_BF16, 4.0f);
         free(nm);
@@ -444,9 +518,18 @@ static mpk_status build_model(mpk_kernel *k, gcase *c, mpk_tensor **in) {
     TRY(mpk_embed_layer(k, ids, in[0], x, D3(pick_div((int)H, rnd()), gy), NOBLOCK, "embed"));
     TRY(mpk_rmsnorm_linear_layer(k, x, in[1], in[2], qkv, 1e-6f, D3(pick_div((int)QKV, rnd()), 1), NOBLOCK, "qkv_proj"));
     mpk_attention_desc d = {qkv, kc, vc, in[3], in[4], in[5], att, (int32_t)Hq, (int32_t)Hkv, (int32_t)D, 1e-6f, 0};
-    TRY(mpk_attention_layer(k, &d, D3(pick_div((int)Hkv, rnd()), 1), NOBLOCK, "attn"));
-    TRY(mpk_linear_with_residual_layer(k, att, in[6], x, h1, D3(pick_div((int)H, rnd()), 1), NOBLOCK, "o_proj"));
-    TRY(mpk_rmsnorm_linear_layer(k, h1, in[7], in[8], gu, 1e-6f, D3(pick_div((int)(2 * I), rnd()), 1), NOBLOCK, "gate_up"));
+    if (c->cfg[7]) {  // attention + o_proj in one stage, the residual added by gate_up
+        mpk_tensor *part;
+        TRY(new_t(k, "o_part", T, Hkv * H, MPK_F32, &part));
+        d.output = NULL;
+        TRY(mpk_attention_linear_layer(k, &d, in[6], part, D3(4, (int)Hkv), NOBLOCK, "attn_o_proj"));
+        TRY(mpk_residual_rmsnorm_linear_layer(k, x, part, in[7], in[8], gu, h1, 1e-6f,
+                                              D3(pick_div((int)(2 * I), rnd()), 1), NOBLOCK, "gate_up"));
+    } else {
+        TRY(mpk_attention_layer(k, &d, D3(pick_div((int)Hkv, rnd()), 1), NOBLOCK, "attn"));
+        TRY(mpk_linear_with_residual_layer(k, att, in[6], x, h1, D3(pick_div((int)H, rnd()), 1), NOBLOCK, "o_proj"));
+        TRY(mpk_rmsnorm_linear_layer(k, h1, in[7], in[8], gu, 1e-6f, D3(pick_div((int)(2 * I), rnd()), 1), NOBLOCK, "gate_up"));
+    }
     TRY(mpk_silu_mul_linear_with_residual_layer(k, gu, in[9], h1, h2, D3(pick_div((int)H, rnd()), 1), NOBLOCK, "down"));
     TRY(mpk_rmsnorm_linear_layer(k, h2, in[10], in[11], logits, 1e-6f, D3(pick_div((int)V, rnd()), 1), NOBLOCK, "lm_head"));
     TRY(mpk_argmax_layer(k, logits, outs, D3(pick_div((int)V, rnd()), 1), NOBLOCK, "argmax"));
@@ -456,7 +539,7 @@ static mpk_status build_model(mpk_kernel *k, gcase *c, mpk_tensor **in) {
 
 #define MODEL_SHAPE 136, 4, 2, 32, 176, 512, 11  // H, Hq, Hkv, D, I, V, grid seed
 
-static void case_model(gcase *c, int H, int Hq, int Hkv, int D, int I, int V, int seed) {
+static void case_model(gcase *c, int H, int Hq, int Hkv, int D, int I, int V, int seed, int fused) {
     int64_t QKV = Hkv * (Hq / Hkv + 2) * D;
     add_input(c, "embed_w", 2, (int64_t[]){V, H}, MPK_BF16, 1.0f);
     add_input(c, "ln1", 1, (int64_t[]){H}, MPK_BF16, 1.0f);
@@ -472,6 +555,7 @@ static void case_model(gcase *c, int H, int Hq, int Hkv, int D, int I, int V, in
     add_input(c, "ln_f", 1, (int64_t[]){H}, MPK_BF16, 1.0f);
     add_input(c, "w_lm", 2, (int64_t[]){V, H}, MPK_BF16, 0.08f);
     c->cfg[0] = H; c->cfg[1] = Hq; c->cfg[2] = Hkv; c->cfg[3] = D; c->cfg[4] = I; c->cfg[5] = V; c->cfg[6] = seed;
+    c->cfg[7] = fused;
     c->build = build_model;
     c->vocab_for_prompts = V;
     c->outputs[c->nout++] = "logits";
@@ -588,7 +672,7 @@ static void stall_test(void) {
     gcase c = {0};
     default_params(&c);
     c.name = "stall";
-    case_model(&c, MODEL_SHAPE);
+    case_model(&c, MODEL_SHAPE, 0);
     c.params.timeout_s = 2;
     mpk_kernel *gpu = NULL;
     run_out o = {0};
@@ -634,7 +718,7 @@ static void compile_only_test(void) {
     gcase c = {0};
     default_params(&c);
     c.name = "compile";
-    case_model(&c, MODEL_SHAPE);
+    case_model(&c, MODEL_SHAPE, 0);
     mpk_kernel *k = NULL;
     struct timespec t0, t1, t2;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -673,6 +757,12 @@ static const layer_spec specs[] = {
     {"attention G=2 D=64 norm+rope", L_ATTENTION, {4, 2, 64, 1, 1, 2}, 1e-4},
     {"attention G=4 D=128 plain", L_ATTENTION, {8, 2, 128, 0, 0, 1}, 1e-4},
     {"attention G=1 D=40 rope", L_ATTENTION, {3, 3, 40, 0, 1, 3}, 1e-4},
+    // attention + output projection: several column chunks per kv head group, so tasks that do
+    // not own the cache append the same keys too (GPU) or recompute them (CPU)
+    {"attention_linear G=2 D=64 norm+rope", L_ATTN_LINEAR, {4, 2, 64, 1, 1, 3, 2, 72}, 1e-4},
+    {"attention_linear G=4 D=128 2 heads", L_ATTN_LINEAR, {8, 2, 128, 0, 0, 2, 1, 40}, 1e-4},
+    {"residual_rmsnorm_linear K=200 P=3", L_RES_NORM_LINEAR, {200, 90, 6, 3}, 1e-5},
+    {"residual_rmsnorm_linear K=98 (scalar)", L_RES_NORM_LINEAR, {98, 30, 5, 2}, 1e-5},
     {"argmax V=1000", L_ARGMAX, {1000, 8, 3}, 0},
 };
 
@@ -727,6 +817,11 @@ int main(int argc, char **argv) {
         memset(&c, 0, sizeof c);
         setup_sampling_case(&c);
         prebuild(&c);
+        memset(&c, 0, sizeof c);
+        default_params(&c);
+        c.name = "model, attention+o_proj fused";
+        case_model(&c, MODEL_SHAPE, 1);
+        prebuild(&c);
         goto table;
     }
     {
@@ -754,10 +849,21 @@ int main(int argc, char **argv) {
         c.tol = 1e-4;
         c.prompts[0].max_new = 6;
         c.prompts[1].max_new = 4;
-        case_model(&c, MODEL_SHAPE);  // one shape and grid: one build serves every mode
+        case_model(&c, MODEL_SHAPE, 0);  // one shape and grid: one build serves every mode
         c.params.profiling = modes[m].prof;
         c.params.profile_capacity = 4096;
         run_case(&c, modes[m].label, modes[m].workers, modes[m].sched, modes[m].jit);
+        free_case(&c);
+    }
+    {  // attention and o_proj in one stage (the builder's default for the real models)
+        gcase c = {0};
+        default_params(&c);
+        c.name = "model, attention+o_proj fused";
+        c.tol = 1e-4;
+        c.prompts[0].max_new = 6;
+        c.prompts[1].max_new = 4;
+        case_model(&c, MODEL_SHAPE, 1);
+        run_case(&c, " static/all SMs", 0, 0, 0);
         free_case(&c);
     }
     if (!getenv("TEST_GPU_CPU_ONLY")) stall_test();

@@ -204,6 +204,16 @@ int cli_engine_open(cli_engine *e, const cli_opts *o, int compile) {
     }
     mpk_build_options bo = mpk_build_default_options();
     bo.sampling = o->sampling;
+    // MPK_ATTENTION_OUTPUT=separate|fused|auto (default auto): how attention meets o_proj, for
+    // side-by-side measurements (bench/ab.sh).
+    const char *ao = getenv("MPK_ATTENTION_OUTPUT");
+    if (ao && strcmp(ao, "separate") == 0) bo.attention_output = MPK_ATTN_OUT_SEPARATE;
+    else if (ao && strcmp(ao, "fused") == 0) bo.attention_output = MPK_ATTN_OUT_FUSED;
+    else if (ao && *ao && strcmp(ao, "auto") != 0) {
+        fprintf(stderr, "mpk: MPK_ATTENTION_OUTPUT=%s is not one of separate, fused, auto\n", ao);
+        cli_engine_close(e);
+        return 1;
+    }
     st = mpk_model_build(e->model, e->kernel, &bo);
     if (st == MPK_OK && compile) st = mpk_compile(e->kernel);
     if (st != MPK_OK) {

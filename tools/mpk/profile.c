@@ -18,9 +18,11 @@ static const char *profile_usage =
 
 // One colour per task type (indexed by mpk_task_type).
 static const char *colours[] = {"#999999", "#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462",
-                                "#b3de69", "#fccde5", "#d9d9d9", "#bc80bd", "#ccebc5", "#ffed6f"};
+                                "#b3de69", "#fccde5", "#d9d9d9", "#bc80bd", "#ccebc5", "#ffed6f",
+                                "#e31a1c", "#1f78b4"};
+#define NUM_COLOURS ((int)(sizeof colours / sizeof colours[0]))
 
-static const char *colour(int type) { return colours[(type >= 0 && type < 13) ? type : 0]; }
+static const char *colour(int type) { return colours[(type >= 0 && type < NUM_COLOURS) ? type : 0]; }
 
 static int write_trace(const char *path, mpk_kernel *k, const mpk_profile_record *r, int64_t n) {
     FILE *f = fopen(path, "w");
@@ -107,7 +109,7 @@ static int write_svg(const char *path, mpk_kernel *k, const mpk_profile_record *
         fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">%.0f us</text>\n", x - 10, ay, (double)(t1 - t0) / 1e3 * i / 10);
     }
     int li = 0;
-    for (int t = 1; t < 13; t++) {
+    for (int t = 1; t < NUM_COLOURS; t++) {  // (one colour per task type)
         double x = left + (li % 4) * 300, y = ay + 20 + (li / 4) * 18;
         fprintf(f, "<rect x=\"%.0f\" y=\"%.0f\" width=\"12\" height=\"12\" fill=\"%s\" stroke=\"#333\"/><text x=\"%.0f\" y=\"%.0f\">%s</text>\n",
                 x, y - 10, colour(t), x + 16, y, mpk_task_type_name(t));

@@ -56,21 +56,56 @@ static float dot(const float *q, const mpk_bf16 *k, int32_t D) {
 
 // ---- attention ---------------------------------------------------------------------------------
 
+// Where attend finds the keys and values of this batch's own positions when it does not read
+// them from the cache (a task that does not append them): row r's request has its positions of
+// this batch in rows r - (pos - t) for t <= pos, as mpk_batch_prepare lays rows out.
+typedef struct fresh_kv {
+    const mpk_bf16 *qkv;  // the head group's columns of row 0; k at + G * D, v at + (G + 1) * D
+    const mpk_bf16 *k_norm;
+    const float *inv_freq;
+    int32_t ld_qkv, G, r;  // r: the attending row
+    float eps;
+    const mpk_batch *batch;
+} fresh_kv;
+
+// The row of this batch that holds position t of row f->r's request, or -1.
+static int32_t fresh_row(const fresh_kv *f, int32_t pos, int32_t t) {
+    const int32_t *row_entry = MPK_BATCH_CARRAY(f->batch, off_row_entry, int32_t);
+    const int32_t *row_pos = MPK_BATCH_CARRAY(f->batch, off_row_pos, int32_t);
+    int32_t rr = f->r - (pos - t);
+    if (rr < 0 || row_entry[rr] != row_entry[f->r] || row_pos[rr] != t) return -1;
+    return rr;
+}
+
 // softmax(q . k_t * scale) over t in [0, pos], times v_t, into out (D). Scores are taken in
-// blocks: the running maximum m and sum l are rescaled once per block.
+// blocks: the running maximum m and sum l are rescaled once per block. With f, this batch's
+// positions come from qkv (the key prepared exactly as the cache holds it) instead of the cache.
 static void attend(const float *q, const mpk_bf16 *k_cache, const mpk_bf16 *v_cache,
                    const mpk_batch *batch, const int32_t *page_table, int32_t pos, int32_t D,
-                   int32_t page_size, int64_t page_stride, float scale, mpk_bf16 *out) {
+                   int32_t page_size, int64_t page_stride, float scale, const fresh_kv *f,
+                   mpk_bf16 *out) {
     float acc[MPK_ATTENTION_MAX_HEAD_DIM] = {0};  // (D) sum of p_t v_t at the running max
     float sc[SCORE_BLOCK];
-    int64_t off[SCORE_BLOCK];
+    const mpk_bf16 *vp[SCORE_BLOCK];
     float m = -INFINITY, l = 0.0f;
     for (int32_t t0 = 0; t0 <= pos; t0 += SCORE_BLOCK) {
         int32_t nb = pos + 1 - t0 < SCORE_BLOCK ? pos + 1 - t0 : SCORE_BLOCK;
         float bm = -INFINITY;
         for (int32_t i = 0; i < nb; i++) {
-            off[i] = cache_offset(batch, page_table, t0 + i, D, page_size, page_stride);
-            sc[i] = off[i] < 0 ? -INFINITY : dot(q, k_cache + off[i], D) * scale;
+            int32_t rr = f ? fresh_row(f, pos, t0 + i) : -1;
+            if (rr >= 0) {
+                const mpk_bf16 *kr = f->qkv + (int64_t)rr * f->ld_qkv + (int64_t)f->G * D;
+                float kf[MPK_ATTENTION_MAX_HEAD_DIM];
+                mpk_bf16 kb[MPK_ATTENTION_MAX_HEAD_DIM];
+                prepare_head(kr, f->k_norm, f->inv_freq, t0 + i, D, f->eps, kf);
+                for (int32_t d = 0; d < D; d++) kb[d] = mpk_f32_to_bf16(kf[d]);
+                vp[i] = kr + D;
+                sc[i] = dot(q, kb, D) * scale;
+            } else {
+                int64_t off = cache_offset(batch, page_table, t0 + i, D, page_size, page_stride);
+                vp[i] = off < 0 ? NULL : v_cache + off;
+                sc[i] = off < 0 ? -INFINITY : dot(q, k_cache + off, D) * scale;
+            }
             if (sc[i] > bm) bm = sc[i];
         }
         if (!(bm > m)) bm = m;  // the new running maximum (NaN scores leave it alone)
@@ -80,15 +115,37 @@ static void attend(const float *q, const mpk_bf16 *k_cache, const mpk_bf16 *v_ca
         for (int32_t d = 0; d < D; d++) acc[d] *= corr;
         m = bm;
         for (int32_t i = 0; i < nb; i++) {
-            if (off[i] < 0) continue;
+            if (!vp[i]) continue;
             float p = expf(sc[i] - m);
-            const mpk_bf16 *v = v_cache + off[i];
+            const mpk_bf16 *v = vp[i];
             l += p;
             for (int32_t d = 0; d < D; d++) acc[d] += p * mpk_bf16_to_f32(v[d]);
         }
     }
     float inv = l > 0.0f ? 1.0f / l : NAN;  // NaN when no position was readable: loud, not silent
     for (int32_t d = 0; d < D; d++) out[d] = mpk_f32_to_bf16(acc[d] * inv);
+}
+
+// Appends every row's k (normalised, rotated, rounded) and v to the cache.
+static void append_rows(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache,
+                        const mpk_bf16 *k_norm, const float *inv_freq, const mpk_batch *batch,
+                        int32_t G, int32_t D, int32_t ld_qkv, int32_t page_size,
+                        int64_t page_stride, float eps) {
+    const int32_t *row_entry = MPK_BATCH_CARRAY(batch, off_row_entry, int32_t);
+    const int32_t *row_pos = MPK_BATCH_CARRAY(batch, off_row_pos, int32_t);
+    const int32_t *entry_slot = MPK_BATCH_CARRAY(batch, off_entry_slot, int32_t);
+    const int32_t *page_tables = MPK_BATCH_CARRAY(batch, off_page_table, int32_t);
+    float buf[MPK_ATTENTION_MAX_HEAD_DIM];
+    for (int32_t r = 0; r < batch->num_tokens; r++) {
+        int32_t slot = entry_slot[row_entry[r]];
+        const int32_t *pt = page_tables + (int64_t)slot * batch->max_pages_per_request;
+        int64_t off = cache_offset(batch, pt, row_pos[r], D, page_size, page_stride);
+        if (off < 0) continue;
+        const mpk_bf16 *k = qkv + (int64_t)r * ld_qkv + (int64_t)G * D;  // (D), then v (D)
+        prepare_head(k, k_norm, inv_freq, row_pos[r], D, eps, buf);
+        for (int32_t d = 0; d < D; d++) k_cache[off + d] = mpk_f32_to_bf16(buf[d]);
+        memcpy(v_cache + off, k + D, sizeof *v_cache * (size_t)D);
+    }
 }
 
 void mpk_attention_cpu(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache,
@@ -111,17 +168,7 @@ void mpk_attention_cpu(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache
     float buf[MPK_ATTENTION_MAX_HEAD_DIM];  // (D) the k or q head being prepared
 
     // Every row's k and v first: a prefill chunk's rows attend to each other's positions.
-    for (int32_t r = 0; r < rows; r++) {
-        int32_t slot = entry_slot[row_entry[r]];
-        const int32_t *pt = page_tables + (int64_t)slot * batch->max_pages_per_request;
-        int64_t off = cache_offset(batch, pt, row_pos[r], D, page_size, page_stride);
-        if (off < 0) continue;
-        const mpk_bf16 *k = qkv + (int64_t)r * ld_qkv + (int64_t)G * D;  // (D), then v (D)
-        prepare_head(k, k_norm, inv_freq, row_pos[r], D, eps, buf);
-        for (int32_t d = 0; d < D; d++) k_cache[off + d] = mpk_f32_to_bf16(buf[d]);
-        memcpy(v_cache + off, k + D, sizeof *v_cache * (size_t)D);
-    }
-
+    append_rows(qkv, k_cache, v_cache, k_norm, inv_freq, batch, G, D, ld_qkv, page_size, page_stride, eps);
     for (int32_t r = 0; r < rows; r++) {
         int32_t slot = entry_slot[row_entry[r]];
         const int32_t *pt = page_tables + (int64_t)slot * batch->max_pages_per_request;
@@ -129,7 +176,49 @@ void mpk_attention_cpu(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache
             const mpk_bf16 *q = qkv + (int64_t)r * ld_qkv + (int64_t)g * D;  // (D)
             prepare_head(q, q_norm, inv_freq, row_pos[r], D, eps, buf);
             attend(buf, k_cache, v_cache, batch, pt, row_pos[r], D, page_size, page_stride, scale,
-                   out + (int64_t)r * ld_out + (int64_t)g * D);
+                   NULL, out + (int64_t)r * ld_out + (int64_t)g * D);
         }
     }
+}
+
+// ---- attention and the output projection -------------------------------------------------------
+
+void mpk_attention_linear_cpu(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache,
+                              const mpk_bf16 *q_norm, const mpk_bf16 *k_norm,
+                              const float *inv_freq, const mpk_bf16 *w, float *part,
+                              const mpk_batch *batch, int32_t G, int32_t D, int32_t ld_qkv,
+                              int32_t ld_w, int32_t page_size, int64_t page_stride, int32_t hpt,
+                              int32_t n, int32_t ld_part, float eps, float scale, int append) {
+    // The heads' outputs of every row, (rows, hpt * G * D) bf16: the layer bounds them to
+    // MPK_ATTENTION_LINEAR_MAX_ROW_BYTES.
+    static _Thread_local mpk_bf16 heads[MPK_ATTENTION_LINEAR_MAX_ROW_BYTES / 2];
+    const int32_t *row_entry = MPK_BATCH_CARRAY(batch, off_row_entry, int32_t);
+    const int32_t *row_pos = MPK_BATCH_CARRAY(batch, off_row_pos, int32_t);
+    const int32_t *entry_slot = MPK_BATCH_CARRAY(batch, off_entry_slot, int32_t);
+    const int32_t *page_tables = MPK_BATCH_CARRAY(batch, off_page_table, int32_t);
+    const int32_t rows = batch->num_tokens, Kg = hpt * G * D;
+    if (rows <= 0 || G <= 0 || D <= 0 || hpt <= 0) return;
+    if (D > MPK_ATTENTION_MAX_HEAD_DIM || (int64_t)rows * Kg * 2 > MPK_ATTENTION_LINEAR_MAX_ROW_BYTES) {
+        for (int32_t r = 0; r < rows; r++)
+            for (int32_t j = 0; j < n; j++) part[(int64_t)r * ld_part + j] = NAN;
+        return;
+    }
+    float buf[MPK_ATTENTION_MAX_HEAD_DIM];
+    for (int32_t h = 0; h < hpt; h++) {
+        const mpk_bf16 *qh = qkv + (int64_t)h * (G + 2) * D;
+        mpk_bf16 *kc = k_cache + (int64_t)h * page_size * D, *vc = v_cache + (int64_t)h * page_size * D;
+        if (append) append_rows(qh, kc, vc, k_norm, inv_freq, batch, G, D, ld_qkv, page_size, page_stride, eps);
+        for (int32_t r = 0; r < rows; r++) {
+            const int32_t *pt = page_tables + (int64_t)entry_slot[row_entry[r]] * batch->max_pages_per_request;
+            fresh_kv f = {qh, k_norm, inv_freq, ld_qkv, G, r, eps, batch};
+            for (int32_t g = 0; g < G; g++) {
+                prepare_head(qh + (int64_t)r * ld_qkv + (int64_t)g * D, q_norm, inv_freq, row_pos[r], D, eps, buf);
+                attend(buf, kc, vc, batch, pt, row_pos[r], D, page_size, page_stride, scale,
+                       append ? NULL : &f, heads + (int64_t)r * Kg + (int64_t)(h * G + g) * D);
+            }
+        }
+    }
+    mpk_cpu_plain x = {heads, Kg};
+    mpk_cpu_rows src = {NULL, mpk_cpu_plain_rows_load, &x};
+    mpk_cpu_matvec_f32(&src, w, part, rows, Kg, n, ld_w, ld_part);
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "../../runtime/batch.h"
+#include "../task.h"  // MPK_ATTENTION_LINEAR_MAX_ROW_BYTES
 
 typedef uint16_t mpk_bf16;
 
@@ -70,6 +71,27 @@ void mpk_attention_cpu(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache
                        mpk_bf16 *out, const mpk_batch *batch, int32_t G, int32_t D,
                        int32_t ld_qkv, int32_t ld_out, int32_t page_size, int64_t page_stride,
                        float eps, float scale);
+
+// Attention of kv heads [0, hpt) (qkv, caches at the first; head h at + h * (G + 2) * D and
+// + h * page_size * D) for every row, as mpk_attention_cpu, then the product of the heads'
+// outputs (rounded to bf16; row of hpt * G * D) with w (n rows, stride ld_w) into fp32 part[r, j].
+// Only with `append` are the rows' keys and values written to the cache; otherwise a position of
+// this batch is read from qkv (its key normalised and rotated again, the same bits) and only
+// earlier positions from the cache.
+void mpk_attention_linear_cpu(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache,
+                              const mpk_bf16 *q_norm, const mpk_bf16 *k_norm,
+                              const float *inv_freq, const mpk_bf16 *w, float *part,
+                              const mpk_batch *batch, int32_t G, int32_t D, int32_t ld_qkv,
+                              int32_t ld_w, int32_t page_size, int64_t page_stride, int32_t hpt,
+                              int32_t n, int32_t ld_part, float eps, float scale, int append);
+
+// s = bf16(x[r, k] + part[r, k] + part[r, K + k] + ... (P groups, added in order in fp32));
+// x_out[r, c0 .. c0 + count) = s there; out[r, j] = sum_k bf16(rmsnorm(s)[k]) * w[j, k].
+void mpk_residual_rmsnorm_linear_cpu(const mpk_bf16 *x, const float *part, const mpk_bf16 *norm_w,
+                                     const mpk_bf16 *w, mpk_bf16 *out, mpk_bf16 *x_out,
+                                     int32_t rows, int32_t K, int32_t n, int32_t ld_x,
+                                     int32_t ld_w, int32_t ld_out, int32_t P, int32_t ld_part,
+                                     int32_t ld_xo, int32_t c0, int32_t count, float eps);
 
 // out[r, j] = silu(gate[r, j]) * up[r, j] for j < n.
 void mpk_silu_mul_cpu(const mpk_bf16 *gate, const mpk_bf16 *up, mpk_bf16 *out, int32_t rows,

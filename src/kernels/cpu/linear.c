@@ -21,9 +21,9 @@ static inline void dot_accumulate_f32(float acc[MPK_CPU_LANES], const float *x, 
 // row; a single row (decode) converts on the fly. Input chunks are produced again only when they
 // are not the ones already loaded (K > MPK_CPU_CHUNK).
 #define MPK_CPU_ROWS 4
-void mpk_cpu_matvec(const mpk_cpu_rows *x, const mpk_bf16 *w, const mpk_bf16 *res,
-                    mpk_bf16 *out, int32_t rows, int32_t K, int32_t n, int32_t ld_w,
-                    int32_t ld_res, int32_t ld_out) {
+static void matvec(const mpk_cpu_rows *x, const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf16 *out,
+                   float *outf, int32_t rows, int32_t K, int32_t n, int32_t ld_w, int32_t ld_res,
+                   int32_t ld_out) {
     static _Thread_local float xbuf[MPK_CPU_ROWS][MPK_CPU_CHUNK];          // (rows, chunk)
     static _Thread_local float wbuf[MPK_CPU_CHUNK];                        // (chunk) of one weight row
     static _Thread_local float acc[MPK_CPU_ROWS][MPK_CPU_BLOCK][MPK_CPU_LANES];
@@ -56,6 +56,10 @@ void mpk_cpu_matvec(const mpk_cpu_rows *x, const mpk_bf16 *w, const mpk_bf16 *re
                 for (int32_t jj = 0; jj < nb; jj++) {
                     int64_t r = r0 + i;
                     float s = mpk_cpu_lane_sum(acc[i][jj]);
+                    if (outf) {
+                        outf[r * ld_out + j0 + jj] = s;
+                        continue;
+                    }
                     if (res) s += mpk_bf16_to_f32(res[r * ld_res + j0 + jj]);
                     out[r * ld_out + j0 + jj] = mpk_f32_to_bf16(s);
                 }
@@ -63,17 +67,29 @@ void mpk_cpu_matvec(const mpk_cpu_rows *x, const mpk_bf16 *w, const mpk_bf16 *re
     }
 }
 
+void mpk_cpu_matvec(const mpk_cpu_rows *x, const mpk_bf16 *w, const mpk_bf16 *res,
+                    mpk_bf16 *out, int32_t rows, int32_t K, int32_t n, int32_t ld_w,
+                    int32_t ld_res, int32_t ld_out) {
+    matvec(x, w, res, out, NULL, rows, K, n, ld_w, ld_res, ld_out);
+}
+
+void mpk_cpu_matvec_f32(const mpk_cpu_rows *x, const mpk_bf16 *w, float *out, int32_t rows,
+                        int32_t K, int32_t n, int32_t ld_w, int32_t ld_out) {
+    matvec(x, w, NULL, NULL, out, rows, K, n, ld_w, 0, ld_out);
+}
+
 // ---- plain bf16 input rows -----------------------------------------------------------------------
 
-typedef struct plain_rows {
-    const mpk_bf16 *x;  // (rows, ld_x)
-    int32_t ld_x;
-} plain_rows;
+typedef mpk_cpu_plain plain_rows;  // x (rows, ld_x)
 
 static void plain_load(void *ctx, int32_t r, int32_t k0, int32_t len, float *dst) {
     const plain_rows *p = ctx;
     const mpk_bf16 *src = p->x + (int64_t)r * p->ld_x + k0;
     for (int32_t k = 0; k < len; k++) dst[k] = mpk_bf16_to_f32(src[k]);
+}
+
+void mpk_cpu_plain_rows_load(void *ctx, int32_t r, int32_t k0, int32_t len, float *dst) {
+    plain_load(ctx, r, k0, len, dst);
 }
 
 void mpk_linear_cpu(const mpk_bf16 *x, const mpk_bf16 *w, mpk_bf16 *out, int32_t rows, int32_t K,

@@ -31,6 +31,18 @@ void mpk_cpu_matvec(const mpk_cpu_rows *x, const mpk_bf16 *w, const mpk_bf16 *re
                     mpk_bf16 *out, int32_t rows, int32_t K, int32_t n, int32_t ld_w,
                     int32_t ld_res, int32_t ld_out);
 
+// The same product without rounding: out[r, j] = sum_k x[r, k] * w[j, k] in fp32 (partial sums
+// that a later task adds up). Defined in linear.c.
+void mpk_cpu_matvec_f32(const mpk_cpu_rows *x, const mpk_bf16 *w, float *out, int32_t rows,
+                        int32_t K, int32_t n, int32_t ld_w, int32_t ld_out);
+
+// Plain bf16 input rows for mpk_cpu_matvec: ctx points at {const mpk_bf16 *x; int32_t ld_x;}.
+typedef struct mpk_cpu_plain {
+    const mpk_bf16 *x;
+    int32_t ld_x;
+} mpk_cpu_plain;
+void mpk_cpu_plain_rows_load(void *ctx, int32_t r, int32_t k0, int32_t len, float *dst);
+
 // acc[k % LANES] += x[k] * w[k] for k < len; callers' chunks start at multiples of LANES.
 static inline void mpk_cpu_dot_accumulate(float acc[MPK_CPU_LANES], const float *x,
                                           const mpk_bf16 *w, int32_t len) {

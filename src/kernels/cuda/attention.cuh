@@ -373,11 +373,26 @@ MPK_DEV void mpk_attention_preload(const mpk_bf16 *k_cache, const mpk_bf16 *v_ca
 }
 
 // Not inlined: keeps its registers out of the GEMV variants' allocation (spills).
+// Weights a task asks L2 for while its attention runs (ATTENTION_LINEAR): `rows` rows of `bytes`
+// each, `ld` elements apart.
+struct mpk_l2_ask {
+    const mpk_bf16 *w;
+    int32_t rows, bytes, ld;
+};
+
+MPK_DEV void mpk_l2_ask_issue(const mpk_l2_ask *a) {
+    const int32_t lines = (a->bytes + 127) / 128;
+    for (int32_t i = threadIdx.x; i < a->rows * lines; i += blockDim.x)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(a->w + (int64_t)(i / lines) * a->ld + (i % lines) * 64));
+}
+
+// ask (or null): weights asked of L2 once the keys are appended (the product that follows needs them).
 __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache,
                                 const mpk_bf16 *q_norm, const mpk_bf16 *k_norm,
                                 const float *inv_freq, mpk_bf16 *out, const mpk_batch *b,
                                 int32_t G, int32_t D, int32_t ld_qkv, int32_t ld_out,
-                                int32_t page_size, int64_t page_stride, float eps, float scale) {
+                                int32_t page_size, int64_t page_stride, float eps, float scale,
+                                const mpk_l2_ask *ask = nullptr) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
     const int32_t *row_entry = MPK_BATCH_CARRAY(b, off_row_entry, int32_t);
     const int32_t *row_pos = MPK_BATCH_CARRAY(b, off_row_pos, int32_t);
@@ -432,6 +447,7 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
     if (MPK_ATTN_PRELOAD) asm volatile("cp.async.wait_all;" ::: "memory");  // this thread's copies of the preload
     __syncthreads();  // the block's cache writes are visible to all its threads after this
     if (MPK_ATTN_MARK == 0) mpk_mark_inputs();
+    if (ask) mpk_l2_ask_issue(ask);
 
     for (int32_t r = 0; r < rows; r++) {
         // (with kvs the product reads shared memory only: no page-table lookups)
@@ -441,6 +457,62 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
                      r == 0 && early_q, kvs);
     }
     if (MPK_ATTN_PRELOAD && threadIdx.x == 0) sm->pre_bad = 0;  // (after the body's last barrier)
+}
+
+// ---- attention and the output projection in one task --------------------------------------------
+// ATTENTION_LINEAR (src/kernels/cpu/attention.c: mpk_attention_linear_cpu): the attention of hpt kv
+// heads for every row, its outputs (bf16) kept in shared memory, then multiplied by the task's
+// slice of the output projection into fp32 partial sums. Every task of a head group appends the
+// rows' keys and values, not only the first (the one the layer declares as the writer, so that no
+// task of the layer waits on another): the others store the same bytes to the same places, which
+// leaves the cache as one store would, and each task then reads back its own stores. (The CPU's
+// other tasks write nothing and recompute the keys instead: there concurrent stores would be a
+// data race in C.)
+// The heads' outputs (rows, hpt * G * D) sit at the top of the dynamic area, below the per-warp
+// key buffers of mpk_attention_cuda and above its q and chunk partials; the layer bounds their
+// size (MPK_ATTENTION_LINEAR_MAX_ROW_BYTES), and a shape that does not fit gives NaN sums.
+#ifndef MPK_ATTN_LINEAR_ASK
+#define MPK_ATTN_LINEAR_ASK 2
+#endif
+
+MPK_DEV void mpk_attention_linear_cuda(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache,
+                                       const mpk_bf16 *q_norm, const mpk_bf16 *k_norm,
+                                       const float *inv_freq, const mpk_bf16 *w, float *part,
+                                       const mpk_batch *b, int32_t G, int32_t D, int32_t ld_qkv,
+                                       int32_t ld_w, int32_t page_size, int64_t page_stride,
+                                       int32_t hpt, int32_t n, int32_t ld_part, float eps,
+                                       float scale) {
+    const int nwarps = blockDim.x / 32;
+    const int32_t rows = b->num_tokens, Kg = hpt * G * D;
+    if (rows <= 0 || G <= 0 || D <= 0 || hpt <= 0) return;
+    const int64_t top = (int64_t)MPK_DYN_SMEM_BYTES - (int64_t)nwarps * D * 4;
+    const int64_t bytes = ((int64_t)rows * Kg * 2 + 15) / 16 * 16;
+    const int64_t low = 4 * ((int64_t)G * D + (int64_t)nwarps * G * (D + 2));
+    if (Kg % 8 || ld_w % 8 || !mpk_aligned16(w) || D > MPK_ATTN_MAX_D || ((top - bytes) & ~(int64_t)15) < low) {
+        for (int64_t i = threadIdx.x; i < (int64_t)rows * n; i += blockDim.x)
+            part[(i / n) * ld_part + i % n] = __int_as_float(0x7fc00000);
+        return;
+    }
+    mpk_bf16 *xs = (mpk_bf16 *)((char *)mpk_dyn_smem() + ((top - bytes) & ~(int64_t)15));  // (rows, Kg)
+    // The weights do not depend on the attention: ask L2 for them while it runs, so that the
+    // product after it finds them on chip (MPK_ATTN_LINEAR_ASK: 0 never, 1 before the attention,
+    // 2 once the keys are appended: measured best, bench/NOTES.md v9). Copying them into shared
+    // memory instead (cp.async) measured slower, as did a GEMV for short K taking several columns
+    // per warp (its registers slowed every other task of the megakernel).
+    const mpk_l2_ask ask = {w, n, Kg * 2, ld_w};
+    if (MPK_ATTN_LINEAR_ASK == 1) mpk_l2_ask_issue(&ask);
+    for (int32_t h = 0; h < hpt; h++)
+        mpk_attention_cuda(qkv + (int64_t)h * (G + 2) * D, k_cache + (int64_t)h * page_size * D,
+                           v_cache + (int64_t)h * page_size * D, q_norm, k_norm, inv_freq,
+                           xs + (int64_t)h * G * D, b, G, D, ld_qkv, Kg, page_size, page_stride, eps, scale,
+                           MPK_ATTN_LINEAR_ASK == 2 && h == 0 ? &ask : nullptr);
+    __syncthreads();
+    for (int32_t r0 = 0; r0 < rows; r0 += MPK_GEMV_ROWS) {
+        const int32_t nr = min(MPK_GEMV_ROWS, rows - r0);
+        mpk_gemv_staged_tile(xs + (int64_t)r0 * Kg, Kg, r0, nr, w, (const mpk_bf16 *)0, (mpk_bf16 *)0,
+                             Kg, n, ld_w, 0, ld_part, part);
+        __syncthreads();  // the split sums' scratch is reused by the next tile
+    }
 }
 
 #endif  // MPK_KERNELS_CUDA_ATTENTION_CUH

@@ -56,12 +56,13 @@ MPK_DEV int32_t mpk_gemv_split(int32_t n, int32_t K, int32_t nwarps) {
 // columns (small models: 8 columns of 1024 on 128 tasks) would leave most warps idle, so ks warps
 // share a column pair, each taking every ks-th 256-element block of K; their partial sums meet in
 // shared memory and are added in a fixed order (results repeat run to run; they depend on ks, so
-// on the task's width).
+// on the task's width). With outf the sums are stored unrounded there (fp32 partial sums; out and
+// res unused).
 __device__ MPK_GEMV_OUTLINE void mpk_gemv_staged_tile(const mpk_bf16 *xs, int32_t ldk, int32_t r0,
                                                      int32_t nr, const mpk_bf16 *w,
                                                      const mpk_bf16 *res, mpk_bf16 *out, int32_t K,
                                                      int32_t n, int32_t ld_w, int32_t ld_res,
-                                                     int32_t ld_out) {
+                                                     int32_t ld_out, float *outf = nullptr) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
     const int32_t ks = mpk_gemv_split(n, K, nwarps);
     float *part = mpk_smem()->f;  // (ks, nr, n) partial sums when ks > 1
@@ -115,6 +116,11 @@ __device__ MPK_GEMV_OUTLINE void mpk_gemv_staged_tile(const mpk_bf16 *xs, int32_
                 }
                 const int64_t row = r0 + r;
                 float s0 = a0[r], s1 = a1[r];
+                if (outf) {
+                    outf[row * ld_out + j] = s0;
+                    if (two) outf[row * ld_out + j + 1] = s1;
+                    continue;
+                }
                 if (res) s0 += mpk_bf2f(res[row * ld_res + j]);
                 out[row * ld_out + j] = mpk_f2bf(s0);
                 if (two) {
@@ -131,6 +137,10 @@ __device__ MPK_GEMV_OUTLINE void mpk_gemv_staged_tile(const mpk_bf16 *xs, int32_
             float sum = 0.0f;
             for (int32_t g = 0; g < ks; g++) sum += part[((int64_t)g * nr + r) * n + j];
             const int64_t row = r0 + r;
+            if (outf) {
+                outf[row * ld_out + j] = sum;
+                continue;
+            }
             if (res) sum += mpk_bf2f(res[row * ld_res + j]);
             out[row * ld_out + j] = mpk_f2bf(sum);
         }
@@ -428,6 +438,128 @@ struct mpk_norm_rows {
     }
 };
 
+// RESIDUAL_RMSNORM_LINEAR's input rows: s = bf16(x + part_0 + part_1 + ...), the P fp32 partial
+// sums added in group order as the CPU does (rmsnorm_linear.c), the task's columns
+// [c0, c0 + count) of s stored to x_out, and s normalised as mpk_norm_rows does.
+struct mpk_residual_rows {
+    const mpk_bf16 *x;       // (rows, ld_x)
+    const float *part;       // (rows, ld_part): P groups of K columns
+    const mpk_bf16 *norm_w;  // (K)
+    mpk_bf16 *x_out;         // (rows, ld_xo)
+    int32_t ld_x, K, P, ld_part, ld_xo, c0, count;
+    float eps;
+    float *scale;            // (MPK_GEMV_ROWS) shared memory
+    MPK_DEV bool vec_ok() const {
+        return ld_x % 8 == 0 && K % 8 == 0 && ld_part % 4 == 0 && mpk_aligned16(x) &&
+               mpk_aligned16(part) && mpk_aligned16(norm_w);
+    }
+    MPK_DEV float elem(int32_t r, int32_t k) const {
+        float s = mpk_bf2f(x[(int64_t)r * ld_x + k]);
+        const float *p = part + (int64_t)r * ld_part + k;
+        for (int32_t g = 0; g < P; g++) s += p[(int64_t)g * K];
+        return mpk_round_bf(s);
+    }
+    // Eight elements from k (16-byte loads; vec_ok).
+    MPK_DEV void elem8(int32_t r, int32_t k, float f[8]) const {
+        mpk_unpack8(mpk_ld16(x + (int64_t)r * ld_x + k), f);
+        const float *p = part + (int64_t)r * ld_part + k;
+        for (int32_t g = 0; g < P; g++) {
+            const uint4 a = mpk_ld16(p + (int64_t)g * K), b = mpk_ld16(p + (int64_t)g * K + 4);
+            f[0] += __uint_as_float(a.x); f[1] += __uint_as_float(a.y);
+            f[2] += __uint_as_float(a.z); f[3] += __uint_as_float(a.w);
+            f[4] += __uint_as_float(b.x); f[5] += __uint_as_float(b.y);
+            f[6] += __uint_as_float(b.z); f[7] += __uint_as_float(b.w);
+        }
+#pragma unroll
+        for (int e = 0; e < 8; e++) f[e] = mpk_round_bf(f[e]);
+    }
+    // The direct path: the rows' scales (recomputing s) and their x_out columns, then a barrier.
+    MPK_DEV void prologue(int32_t r0, int32_t nr) {
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        if (warp < nr) {
+            float ss = 0.0f;
+            for (int32_t k = lane; k < K; k += 32) {
+                const float v = elem(r0 + warp, k);
+                ss = fmaf(v, v, ss);
+            }
+            ss = mpk_warp_sum(ss);
+            if (lane == 0) scale[warp] = 1.0f / sqrtf(ss / (float)K + eps);
+        }
+        for (int32_t i = threadIdx.x; i < nr * count; i += blockDim.x) {
+            const int32_t r = r0 + i / count, k = c0 + i % count;
+            x_out[(int64_t)r * ld_xo + k] = mpk_f2bf(elem(r, k));
+        }
+        __syncthreads();
+    }
+    MPK_DEV void load8(int32_t r, int32_t k, float f[8]) const {
+        float nw[8];
+        elem8(r, k, f);
+        mpk_unpack8(mpk_ld16(norm_w + k), nw);
+        const float s = scale[r % MPK_GEMV_ROWS];
+#pragma unroll
+        for (int e = 0; e < 8; e++) f[e] = mpk_rms_elem(f[e], s, nw[e]);
+    }
+    MPK_DEV float load1(int32_t r, int32_t k) const {
+        return mpk_rms_elem(elem(r, k), scale[r % MPK_GEMV_ROWS], mpk_bf2f(norm_w[k]));
+    }
+    // s into xs, then the scales from xs, the x_out columns from xs, and xs normalised in place.
+    MPK_DEV void stage(int32_t r0, int32_t nr, mpk_bf16 *xs, int32_t) {
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        const int32_t per = K / 8;
+        // Four columns per thread (twice the threads of 8), every partial's 16 bytes loaded
+        // before the first add (up to 16 groups in registers), then added in group order.
+        const int32_t per4 = K / 4;
+        for (int32_t i = threadIdx.x; i < nr * per4; i += blockDim.x) {
+            const int32_t r = i / per4, k = (i % per4) * 4;
+            const mpk_bf16 *xr = x + (int64_t)(r0 + r) * ld_x + k;
+            const float *p = part + (int64_t)(r0 + r) * ld_part + k;
+            const uint2 xv = *(const uint2 *)xr;
+            float f[4] = {__uint_as_float(xv.x << 16), __uint_as_float(xv.x & 0xffff0000u),
+                          __uint_as_float(xv.y << 16), __uint_as_float(xv.y & 0xffff0000u)};
+            for (int32_t g0 = 0; g0 < P; g0 += 16) {
+                uint4 a[16];
+#pragma unroll
+                for (int g = 0; g < 16; g++)
+                    if (g0 + g < P) a[g] = mpk_ld16(p + (int64_t)(g0 + g) * K);
+#pragma unroll
+                for (int g = 0; g < 16; g++)
+                    if (g0 + g < P) {
+                        f[0] += __uint_as_float(a[g].x); f[1] += __uint_as_float(a[g].y);
+                        f[2] += __uint_as_float(a[g].z); f[3] += __uint_as_float(a[g].w);
+                    }
+            }
+            uint2 v;
+            v.x = mpk_pack2(mpk_round_bf(f[0]), mpk_round_bf(f[1]));
+            v.y = mpk_pack2(mpk_round_bf(f[2]), mpk_round_bf(f[3]));
+            *(uint2 *)(xs + (int64_t)r * K + k) = v;
+        }
+        __syncthreads();
+        if (warp < nr) {
+            float ss = 0.0f;
+            for (int32_t k = lane * 8; k < K; k += 256) {
+                float f[8];
+                mpk_unpack8(*(const uint4 *)(xs + (int64_t)warp * K + k), f);
+#pragma unroll
+                for (int e = 0; e < 8; e++) ss = fmaf(f[e], f[e], ss);
+            }
+            ss = mpk_warp_sum(ss);
+            if (lane == 0) scale[warp] = 1.0f / sqrtf(ss / (float)K + eps);
+        }
+        for (int32_t i = threadIdx.x; i < nr * count; i += blockDim.x) {
+            const int32_t r = i / count, k = c0 + i % count;
+            x_out[(int64_t)(r0 + r) * ld_xo + k] = xs[(int64_t)r * K + k];
+        }
+        __syncthreads();
+        for (int32_t i = threadIdx.x; i < nr * per; i += blockDim.x) {
+            const int32_t r = i / per, k = (i % per) * 8;
+            float f[8], nw[8];
+            mpk_unpack8(*(const uint4 *)(xs + (int64_t)r * K + k), f);
+            mpk_unpack8(mpk_ld16(norm_w + k), nw);
+            *(uint4 *)(xs + (int64_t)r * K + k) = mpk_norm_pack8(f, scale[r], nw);
+        }
+    }
+};
+
 // silu(g) * u rounded, exactly as the CPU computes it (matvec.h: mpk_cpu_silu_mul_elem).
 MPK_DEV float mpk_silu_mul_elem(float g, float u) { return mpk_round_bf(g / (1.0f + expf(-g)) * u); }
 
@@ -486,6 +618,17 @@ MPK_DEV void mpk_rmsnorm_linear_cuda(const mpk_bf16 *x, const mpk_bf16 *norm_w, 
                                      mpk_bf16 *out, int32_t rows, int32_t K, int32_t n,
                                      int32_t ld_x, int32_t ld_w, int32_t ld_out, float eps) {
     mpk_norm_rows xr = {x, norm_w, ld_x, K, eps, mpk_smem()->red};
+    mpk_gemv(xr, w, (const mpk_bf16 *)0, out, rows, K, n, ld_w, 0, ld_out);
+}
+
+MPK_DEV void mpk_residual_rmsnorm_linear_cuda(const mpk_bf16 *x, const float *part,
+                                              const mpk_bf16 *norm_w, const mpk_bf16 *w,
+                                              mpk_bf16 *out, mpk_bf16 *x_out, int32_t rows,
+                                              int32_t K, int32_t n, int32_t ld_x, int32_t ld_w,
+                                              int32_t ld_out, int32_t P, int32_t ld_part,
+                                              int32_t ld_xo, int32_t c0, int32_t count, float eps) {
+    mpk_residual_rows xr = {x, part, norm_w, x_out, ld_x, K, P, ld_part, ld_xo, c0, count, eps,
+                            mpk_smem()->red};
     mpk_gemv(xr, w, (const mpk_bf16 *)0, out, rows, K, n, ld_w, 0, ld_out);
 }
 

@@ -12,7 +12,7 @@ void mpk_cpu_run_task(const mpk_task_desc *d, const mpk_variant *v, const mpk_ba
     int32_t r0 = d->row_begin;
     int32_t r1 = d->row_end < b->num_tokens ? d->row_end : b->num_tokens;
     int32_t rows = r1 - r0;
-    if (rows <= 0 && d->type != MPK_TASK_ATTENTION) return;
+    if (rows <= 0 && d->type != MPK_TASK_ATTENTION && d->type != MPK_TASK_ATTENTION_LINEAR) return;
     switch ((mpk_task_type)d->type) {
     case MPK_TASK_EMBED:
         mpk_embed_cpu(PTR(const int32_t, 0) + r0, PTR(const mpk_bf16, 1),
@@ -50,6 +50,23 @@ void mpk_cpu_run_task(const mpk_task_desc *d, const mpk_variant *v, const mpk_ba
                               G, D, p[2], p[3], p[4], p[5], v->f[0], v->f[1]);
         break;
     }
+    case MPK_TASK_ATTENTION_LINEAR:
+        // p: attention's p[0..9] (p[3] = ld_w), n, ld_part; iparam[0]: this task appends.
+        mpk_attention_linear_cpu(PTR(const mpk_bf16, 0), PTR(mpk_bf16, 1), PTR(mpk_bf16, 2),
+                                 p[6] ? PTR(const mpk_bf16, 3) : NULL, p[7] ? PTR(const mpk_bf16, 4) : NULL,
+                                 p[8] ? PTR(const float, 5) : NULL, PTR(const mpk_bf16, 6), PTR(float, 7), b,
+                                 p[0], p[1], p[2], p[3], p[4], p[5], p[9], p[10], p[11], v->f[0],
+                                 v->f[1], d->iparam[0]);
+        break;
+    case MPK_TASK_RESIDUAL_RMSNORM_LINEAR:
+        // p: K, n, ld_x, ld_w, ld_out, P, ld_part, ld_xo; iparam: x_out columns c0, count.
+        mpk_residual_rmsnorm_linear_cpu(PTR(const mpk_bf16, 0) + (int64_t)r0 * p[2],
+                                        PTR(const float, 1) + (int64_t)r0 * p[6], PTR(const mpk_bf16, 2),
+                                        PTR(const mpk_bf16, 3), PTR(mpk_bf16, 4) + (int64_t)r0 * p[4],
+                                        PTR(mpk_bf16, 5) + (int64_t)r0 * p[7], rows, p[0], p[1], p[2],
+                                        p[3], p[4], p[5], p[6], p[7], d->iparam[0], d->iparam[1],
+                                        v->f[0]);
+        break;
     case MPK_TASK_SILU_MUL:
         mpk_silu_mul_cpu(PTR(const mpk_bf16, 0) + (int64_t)r0 * p[1],
                          PTR(const mpk_bf16, 1) + (int64_t)r0 * p[1],

@@ -161,6 +161,26 @@ static mpk_status emit_variant_body(mpk_kernel *k, mpk_sbuf *b, int32_t id, cons
                         p[8] ? OP("const float", 5) : "(const float *)0", (long long)p[0] * p[1],
                         p[0], p[1], p[2], p[3], p[4], p[5], (double)v->f[0], (double)v->f[1]);
         break;
+    case MPK_TASK_ATTENTION_LINEAR:  // qkv, k_cache, v_cache, q_norm, k_norm, inv_freq, w, part
+        // attention's p[0..9] with p[3] = ld_w, then n, ld_part; every task of a group appends
+        // (attention.cuh says why), so iparam[0] is not read here.
+        mpk_sbuf_printf(b,
+                        "    (void)r0; (void)r1;  // attention covers every row of the batch\n"
+                        "    mpk_attention_linear_cuda(" OP(CBF, 0) ", " OP(BF, 1) ", " OP(BF, 2) ", %s, %s, %s,\n"
+                        "                              " OP(CBF, 6) ", " OP("float", 7) ", b, %d, %d, %d, %d, %d, %lld,\n"
+                        "                              %d, %d, %d, %.9gf, %.9gf);\n",
+                        p[6] ? OP(CBF, 3) : "(const mpk_bf16 *)0", p[7] ? OP(CBF, 4) : "(const mpk_bf16 *)0",
+                        p[8] ? OP("const float", 5) : "(const float *)0", p[0], p[1], p[2], p[3], p[4],
+                        (long long)p[5], p[9], p[10], p[11], (double)v->f[0], (double)v->f[1]);
+        break;
+    case MPK_TASK_RESIDUAL_RMSNORM_LINEAR:  // x, part, norm_w, w, out, x_out | K, n, ld_x, ld_w, ld_out, P, ld_part, ld_xo
+        mpk_sbuf_printf(b, "    mpk_residual_rmsnorm_linear_cuda(" OP(CBF, 0) " + (int64_t)r0 * %d, " OP("const float", 1)
+                        " + (int64_t)r0 * %d, " OP(CBF, 2) ", " OP(CBF, 3) ", " OP(BF, 4) " + (int64_t)r0 * %d, "
+                        OP(BF, 5) " + (int64_t)r0 * %d, r1 - r0, %d, %d, %d, %d, %d, %d, %d, %d, d.iparam[0], "
+                        "d.iparam[1], %.9gf);\n",
+                        p[2], p[6], p[4], p[7], p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7],
+                        (double)v->f[0]);
+        break;
     case MPK_TASK_SILU_MUL:  // gate, up, out | n, ld_in, ld_out
         mpk_sbuf_printf(b, "    mpk_silu_mul_cuda(" OP(CBF, 0) " + (int64_t)r0 * %d, " OP(CBF, 1)
                         " + (int64_t)r0 * %d, " OP(BF, 2) " + (int64_t)r0 * %d, r1 - r0, %d, %d, %d);\n",
@@ -238,8 +258,8 @@ mpk_status mpk_cuda_codegen(mpk_kernel *k, char **out) {
         emit_variant_users(k, &b, i);
         mpk_sbuf_printf(&b, "\n__device__ __forceinline__ void mpk_variant_%d(const mpk_task_desc &d, mpk_batch *b, int32_t nt) {\n"
                             "    const int32_t r0 = d.row_begin, r1 = min(d.row_end, nt);\n"
-                            "    if (r1 <= r0 && d.type != %d && d.type != %d) return;\n",
-                        i, MPK_TASK_ATTENTION, MPK_TASK_SAMPLING);
+                            "    if (r1 <= r0 && d.type != %d && d.type != %d && d.type != %d) return;\n",
+                        i, MPK_TASK_ATTENTION, MPK_TASK_ATTENTION_LINEAR, MPK_TASK_SAMPLING);
         st = emit_variant_body(k, &b, i, v);
         if (st) {
             free(b.s);
