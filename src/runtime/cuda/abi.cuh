@@ -13,8 +13,11 @@
 // Bumped whenever a struct below changes; the host refuses a .so built for another version.
 #define MPK_DEV_ABI_VERSION 3
 
-// Threads of every block of the megakernel (workers and scheduler blocks alike).
+// Threads of every block of the megakernel (workers and scheduler blocks alike); -D overrides
+// it for measurements (MPK_NVCC_FLAGS; the task bodies read blockDim).
+#ifndef MPK_DEV_THREADS
 #define MPK_DEV_THREADS 512
+#endif
 // Scheduler warps per scheduler block.
 #define MPK_DEV_SCHEDULERS_PER_BLOCK 4
 // Event counters sit MPK_DEV_COUNTER_STRIDE 64-bit words apart (one 128-byte line each), so
