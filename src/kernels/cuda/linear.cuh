@@ -14,9 +14,10 @@
 // normalised row of rmsnorm_linear, silu(gate)*up of the down projection — once per task, not
 // once per output column), then each warp owns pairs of output columns j, j + 1 (warp * 2,
 // + 2 * nwarps, ...) and streams both weight rows with 16-byte loads, MPK_GEMV_UNROLL per row in
-// flight per lane (8 loads, 128 bytes per lane; 64 KB per block of 16 warps, 48 KB at 12), multiplying with up
-// to MPK_GEMV_ROWS staged rows, then reduces across the warp. Per column the lane's sum runs over
-// k = lane*8 + 256*i in order, so results do not depend on the pairing or the row tile.
+// flight per lane (8 loads, 128 bytes per lane; 64 KB per block of 16 warps, 48 KB at 12),
+// multiplying with up to MPK_GEMV_ROWS staged rows, then reduces across the warp. Per column the
+// lane's sum runs over k = lane*8 + 256*i in order, so results do not depend on the pairing or the
+// row tile.
 //   stage(r0, nr, xs, ldk)  block-wide: rows [r0, r0 + nr) into xs[(r - r0) * ldk + k], bf16
 //   load8(r, k, f[8]) / load1(r, k) / prologue(r0, nr): the direct path, for inputs that do not
 //   fit the staging area or are not 16-byte aligned (weights are read once per row tile there).
