@@ -345,6 +345,63 @@ Test(kernels, rmsnorm_linear) {
     }
 }
 
+// RESIDUAL_RMSNORM_LINEAR == rmsnorm_linear of bf16(x + partials added in order), bit for bit,
+// and the task's columns of that sum stored to x_out (nothing else).
+Test(kernels, residual_rmsnorm_linear) {
+    rng r = {17};
+    const float eps = 1e-6f;
+    const int shapes[][4] = {{1, 64, 24, 8}, {3, 200, 17, 3}, {5, 40, 9, 1}};  // rows, K, n, P
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int rows = shapes[s][0], K = shapes[s][1], n = shapes[s][2], P = shapes[s][3];
+        int ld_x = K + 3, ld_w = K + 1, ld_out = n + 2, ld_part = P * K + 5, ld_xo = K + 4;
+        int c0 = K / 3, count = K / 4;
+        mpk_bf16 *x = random_bf16(&r, (size_t)rows * ld_x, -3, 3);
+        mpk_bf16 *nw = random_bf16(&r, (size_t)K, 0.5, 1.5);
+        mpk_bf16 *w = random_bf16(&r, (size_t)n * ld_w, -1, 1);
+        float *part = malloc(sizeof *part * (size_t)rows * ld_part);
+        for (int i = 0; i < rows * ld_part; i++) part[i] = (float)rng_uniform(&r, -2, 2);
+        guarded out = guarded_bf16(rows, ld_out, n);
+        mpk_bf16 *xo = malloc(sizeof *xo * (size_t)rows * ld_xo);
+        memset(xo, SENTINEL, sizeof *xo * (size_t)rows * ld_xo);
+        mpk_residual_rmsnorm_linear_cpu(x, part, nw, w, out.p, xo, rows, K, n, ld_x, ld_w, ld_out, P,
+                                        ld_part, ld_xo, c0, count, eps);
+        guarded_check(&out, &BF16_UNSET, "residual_rmsnorm_linear");
+        mpk_bf16 *sum = malloc(sizeof *sum * (size_t)rows * K);
+        for (int i = 0; i < rows; i++)
+            for (int k = 0; k < K; k++) {
+                float v = mpk_bf16_to_f32(x[(size_t)i * ld_x + k]);
+                for (int g = 0; g < P; g++) v += part[(size_t)i * ld_part + (size_t)g * K + k];
+                sum[(size_t)i * K + k] = mpk_f32_to_bf16(v);
+            }
+        mpk_bf16 *want = malloc(sizeof *want * (size_t)rows * n);
+        mpk_rmsnorm_linear_cpu(sum, nw, w, want, rows, K, n, K, ld_w, n, eps);
+        const mpk_bf16 *o = out.p;
+        mpk_bf16 sent;
+        memset(&sent, SENTINEL, sizeof sent);
+        for (int i = 0; i < rows; i++) {
+            cr_assert(memcmp(want + (size_t)i * n, o + (size_t)i * ld_out, sizeof *o * n) == 0,
+                      "residual_rmsnorm_linear != rmsnorm_linear of the sum (K %d P %d), row %d",
+                      K, P, i);
+            for (int k = 0; k < ld_xo; k++) {
+                mpk_bf16 got = xo[(size_t)i * ld_xo + k];
+                if (k >= c0 && k < c0 + count)
+                    cr_assert_eq(got, sum[(size_t)i * K + k], "x_out row %d col %d", i, k);
+                else
+                    cr_assert_eq(got, sent, "x_out row %d col %d: outside the task's columns", i,
+                                 k);
+            }
+        }
+        free(want);
+        free(sum);
+        free(xo);
+        guarded_free(&out);
+        free(part);
+        free(w);
+        free(nw);
+        free(x);
+    }
+}
+
 Test(kernels, silu_mul_linear_residual) {
     rng r = {8};
     for (size_t s = 0; s < NUM_LINEAR_SHAPES; s++) {
@@ -657,6 +714,47 @@ static void run_attention_case(const attn_case *ac, uint64_t seed) {
         }
     }
     expect_close(out.p, ld_out, ref, rows, G * D, "attention output");
+
+    // ATTENTION_LINEAR on the same inputs: the attention's bf16 outputs times a slice of W_o, in
+    // fp32. The task that appends leaves the cache exactly as mpk_attention_cpu did; one that does
+    // not (it recomputes this batch's keys from qkv) leaves the cache untouched and gives the same
+    // partial sums bit for bit.
+    if ((int64_t)rows * G * D * 2 <= MPK_ATTENTION_LINEAR_MAX_ROW_BYTES) {
+        const int n = 13, ld_w = G * D + 9, ld_part = n + 3;
+        mpk_bf16 *w = random_bf16(&r, (size_t)n * ld_w, -1, 1);
+        float *part[2];
+        mpk_bf16 *kc2 = malloc(sizeof *kc2 * cache_n), *vc2 = malloc(sizeof *vc2 * cache_n);
+        for (int append = 1; append >= 0; append--) {
+            memcpy(kc2, k_before, sizeof *kc2 * cache_n);
+            memcpy(vc2, v_before, sizeof *vc2 * cache_n);
+            part[append] = malloc(sizeof(float) * (size_t)rows * ld_part);
+            for (int i = 0; i < rows * ld_part; i++) part[append][i] = NAN;
+            mpk_attention_linear_cpu(qkv + col0, kc2, vc2, qn, kn, ac->rope ? inv_freq : NULL, w,
+                                     part[append], b, G, D, ld_qkv, ld_w, ps, page_stride, 1, n,
+                                     ld_part, eps, scale, append);
+            cr_assert(memcmp(kc2, append ? k_cache : k_before, sizeof *kc2 * cache_n) == 0 &&
+                          memcmp(vc2, append ? v_cache : v_before, sizeof *vc2 * cache_n) == 0,
+                      "attention_linear (append %d) left the cache differently", append);
+        }
+        for (int row = 0; row < rows; row++)
+            for (int j = 0; j < n; j++) {
+                double want = 0;
+                const mpk_bf16 *heads = (const mpk_bf16 *)out.p + (size_t)row * ld_out;
+                for (int k = 0; k < G * D; k++) want += bf(heads[k]) * bf(w[(size_t)j * ld_w + k]);
+                float got = part[1][(size_t)row * ld_part + j];
+                cr_assert(fabs(got - want) <= 1e-4 * (1 + fabs(want)),
+                          "attention_linear row %d col %d: %g, want %g", row, j, got, want);
+            }
+        for (int row = 0; row < rows; row++)
+            cr_assert(memcmp(part[0] + (size_t)row * ld_part, part[1] + (size_t)row * ld_part,
+                             sizeof(float) * n) == 0,
+                      "attention_linear: the task that does not append differs (row %d)", row);
+        free(part[0]);
+        free(part[1]);
+        free(kc2);
+        free(vc2);
+        free(w);
+    }
 
     free(sc);
     free(ref);
