@@ -25,6 +25,7 @@ typedef struct cli_opts {
     int32_t profile;
     double timeout;
     int32_t sampling;           // build a sampling layer (not argmax)
+    const char *attention_output;  // --attention-output auto|fused|separate (NULL: $MPK_ATTENTION_OUTPUT)
 } cli_opts;
 
 void cli_opts_init(cli_opts *o);

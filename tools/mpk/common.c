@@ -38,6 +38,8 @@ const char *cli_common_usage(void) {
            "  --batch-tokens N      token rows per iteration, the prefill chunk (default: 64)\n"
            "  --page-size N         tokens per KV-cache page (default: 64)\n"
            "  --timeout S           give up on a run after S seconds (default: 600)\n"
+           "  --attention-output A  auto | fused | separate: attention and o_proj in one stage or two\n"
+           "                        (default: $MPK_ATTENTION_OUTPUT, else auto = fused where faster)\n"
            "  -v                    log what the library does (compile times, cache hits)\n";
 }
 
@@ -81,6 +83,15 @@ int cli_common_option(cli_opts *o, int argc, char **argv, int *i) {
         return 1;
     }
     if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) { o->verbose = 1; return 1; }
+    if (!strcmp(a, "--attention-output")) {
+        NEEDV();
+        if (strcmp(v, "auto") && strcmp(v, "fused") && strcmp(v, "separate")) {
+            fprintf(stderr, "mpk: --attention-output must be auto, fused or separate, got '%s'\n", v);
+            return -1;
+        }
+        o->attention_output = v;
+        return 1;
+    }
 #undef NEEDV
     return 0;
 }
@@ -204,9 +215,9 @@ int cli_engine_open(cli_engine *e, const cli_opts *o, int compile) {
     }
     mpk_build_options bo = mpk_build_default_options();
     bo.sampling = o->sampling;
-    // MPK_ATTENTION_OUTPUT=separate|fused|auto (default auto): how attention meets o_proj, for
-    // side-by-side measurements (bench/ab.sh).
-    const char *ao = getenv("MPK_ATTENTION_OUTPUT");
+    // --attention-output, else MPK_ATTENTION_OUTPUT=separate|fused|auto (default auto): how
+    // attention meets o_proj (the variable serves side-by-side measurements, bench/ab.sh).
+    const char *ao = o->attention_output ? o->attention_output : getenv("MPK_ATTENTION_OUTPUT");
     if (ao && strcmp(ao, "separate") == 0) bo.attention_output = MPK_ATTN_OUT_SEPARATE;
     else if (ao && strcmp(ao, "fused") == 0) bo.attention_output = MPK_ATTN_OUT_FUSED;
     else if (ao && *ao && strcmp(ao, "auto") != 0) {
