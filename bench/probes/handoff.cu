@@ -76,6 +76,19 @@ __host__ __device__ __forceinline__ uint32_t mix32(uint32_t x) {
 // The tag half of pair `idx` of the vector published with epoch e (e = 0: the input vector).
 __host__ __device__ __forceinline__ uint32_t tag_of(uint32_t e, uint32_t idx) { return mix32(e * PAIRS + idx) & 0xffffu; }
 
+// Four consumed pairs {tag, value} into xs[i0 .. i0 + 4): the values, and how many tags are not
+// those of epoch e (a stale or misplaced word).
+__device__ __forceinline__ int take_pairs(uint4 in, int i0, uint32_t e, uint32_t base, float *xs) {
+    const uint32_t pair[4] = {in.x, in.y, in.z, in.w};
+    int bad = 0;
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        if ((pair[q] & 0xffffu) != tag_of(e, base + i0 + q)) bad++;
+        xs[i0 + q] = __uint_as_float(pair[q] >> 16 << 16);
+    }
+    return bad;
+}
+
 __device__ __forceinline__ uint64_t gtimer() {
     uint64_t t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
@@ -230,13 +243,7 @@ __global__ void __launch_bounds__(NT, 1) stages(const char *wbuf, int S, int W, 
                 const uint32_t r = 4 * tid / OUT;  // the rank whose outputs 4*tid .. 4*tid+3 are
                 uint4 in = make_uint4(0, 0, 0, 0);
                 if (shape_ok) in = ld_dsmem(&pub[s & 1][4 * tid % OUT], r);
-                const uint32_t pair[4] = {in.x, in.y, in.z, in.w};
-#pragma unroll
-                for (int q = 0; q < 4; q++) {
-                    const int idx = 4 * tid + q;
-                    if ((pair[q] & 0xffffu) != tag_of(ep_in, base + idx)) errs++;
-                    xs[idx] = __uint_as_float(pair[q] >> 16 << 16);
-                }
+                errs += take_pairs(in, 4 * tid, ep_in, base, xs);
             }
             __syncthreads();
         } else {
@@ -257,13 +264,7 @@ __global__ void __launch_bounds__(NT, 1) stages(const char *wbuf, int S, int W, 
             if (__syncthreads_or(bad)) break;
             if (!local || tid < nin / 4) {
                 const uint4 in = *(const uint4 *)(cv + (size_t)s * PAIRS + base + 4 * tid);  // ordinary load
-                const uint32_t pair[4] = {in.x, in.y, in.z, in.w};
-#pragma unroll
-                for (int q = 0; q < 4; q++) {
-                    const int idx = 4 * tid + q;
-                    if ((pair[q] & 0xffffu) != tag_of(ep_in, base + idx)) errs++;
-                    xs[idx] = __uint_as_float(pair[q] >> 16 << 16);
-                }
+                errs += take_pairs(in, 4 * tid, ep_in, base, xs);
             }
             __syncthreads();
         }

@@ -6,8 +6,8 @@
 #include <math.h>
 #include <stdio.h>
 
-#include "core/internal.h"
-#include "kernels/task.h"  // MPK_ATTENTION_LINEAR_MAX_ROW_BYTES  // mpk_fail: errors land on the kernel like the layer functions' do
+#include "core/internal.h"  // mpk_fail: errors land on the kernel like the layer functions' do
+#include "kernels/task.h"  // MPK_ATTENTION_LINEAR_MAX_ROW_BYTES
 #include "model/model_internal.h"
 
 mpk_build_options mpk_build_default_options(void) {

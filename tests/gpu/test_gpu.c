@@ -292,6 +292,27 @@ static mpk_tensor *in_t(mpk_kernel *k, const char *prefix, const char *what) {
 
 static char g_prefix[32][16];
 
+// The caches and the attention desc of an attention spec (a: Hq, Hkv, D, norms, rope); no output.
+static mpk_status attention_spec(mpk_kernel *k, const gcase *c, const char *p, const int *a,
+                                 mpk_attention_desc *d) {
+    int64_t P = c->params.num_pages, S = c->params.page_size;
+    char nm[64];
+    memset(d, 0, sizeof *d);
+    snprintf(nm, sizeof nm, "%s.k_cache", p);
+    TRY(mpk_new_tensor(k, 4, (int64_t[]){P, a[1], S, a[2]}, MPK_BF16, nm, MPK_IO_DEVICE, &d->k_cache));
+    snprintf(nm, sizeof nm, "%s.v_cache", p);
+    TRY(mpk_new_tensor(k, 4, (int64_t[]){P, a[1], S, a[2]}, MPK_BF16, nm, MPK_IO_DEVICE, &d->v_cache));
+    d->qkv = in_t(k, p, "x");
+    d->q_norm = a[3] ? in_t(k, p, "qn") : NULL;
+    d->k_norm = a[3] ? in_t(k, p, "kn") : NULL;
+    d->rope_inv_freq = a[4] ? in_t(k, p, "freq") : NULL;
+    d->num_q_heads = a[0];
+    d->num_kv_heads = a[1];
+    d->head_dim = a[2];
+    d->norm_eps = 1e-6f;
+    return MPK_OK;
+}
+
 static mpk_status build_spec(mpk_kernel *k, gcase *c, int i, const layer_spec *sp) {
     const char *p = g_prefix[i];
     int64_t T = c->params.max_batched_tokens;
@@ -326,48 +347,19 @@ static mpk_status build_spec(mpk_kernel *k, gcase *c, int i, const layer_spec *s
     case L_ALLREDUCE:  // N, gx, gy
         return mpk_allreduce_layer(k, in_t(k, p, "x"), out, D3(a[1], a[2]), NOBLOCK, p);
     case L_ATTENTION: {  // Hq, Hkv, D, norms, rope, gx
-        int64_t P = c->params.num_pages, S = c->params.page_size;
-        mpk_tensor *kc, *vc;
+        mpk_attention_desc d;
         snprintf(nm, sizeof nm, "%s.out", p);
         TRY(new_t(k, nm, T, (int64_t)a[0] * a[2], MPK_BF16, &out));
-        snprintf(nm, sizeof nm, "%s.k_cache", p);
-        TRY(mpk_new_tensor(k, 4, (int64_t[]){P, a[1], S, a[2]}, MPK_BF16, nm, MPK_IO_DEVICE, &kc));
-        snprintf(nm, sizeof nm, "%s.v_cache", p);
-        TRY(mpk_new_tensor(k, 4, (int64_t[]){P, a[1], S, a[2]}, MPK_BF16, nm, MPK_IO_DEVICE, &vc));
-        mpk_attention_desc d = {0};
-        d.qkv = in_t(k, p, "x");
-        d.k_cache = kc;
-        d.v_cache = vc;
-        d.q_norm = a[3] ? in_t(k, p, "qn") : NULL;
-        d.k_norm = a[3] ? in_t(k, p, "kn") : NULL;
-        d.rope_inv_freq = a[4] ? in_t(k, p, "freq") : NULL;
+        TRY(attention_spec(k, c, p, a, &d));
         d.output = out;
-        d.num_q_heads = a[0];
-        d.num_kv_heads = a[1];
-        d.head_dim = a[2];
-        d.norm_eps = 1e-6f;
         return mpk_attention_layer(k, &d, D3(a[5], 1), NOBLOCK, p);
     }
     case L_ATTN_LINEAR: {  // Hq, Hkv, D, norms, rope, gx (column chunks), gy (kv head groups), N
-        int64_t P = c->params.num_pages, S = c->params.page_size;
-        mpk_tensor *kc, *vc, *part;
+        mpk_attention_desc d;
+        mpk_tensor *part;
         snprintf(nm, sizeof nm, "%s.part", p);
         TRY(new_t(k, nm, T, (int64_t)a[6] * a[7], MPK_F32, &part));
-        snprintf(nm, sizeof nm, "%s.k_cache", p);
-        TRY(mpk_new_tensor(k, 4, (int64_t[]){P, a[1], S, a[2]}, MPK_BF16, nm, MPK_IO_DEVICE, &kc));
-        snprintf(nm, sizeof nm, "%s.v_cache", p);
-        TRY(mpk_new_tensor(k, 4, (int64_t[]){P, a[1], S, a[2]}, MPK_BF16, nm, MPK_IO_DEVICE, &vc));
-        mpk_attention_desc d = {0};
-        d.qkv = in_t(k, p, "x");
-        d.k_cache = kc;
-        d.v_cache = vc;
-        d.q_norm = a[3] ? in_t(k, p, "qn") : NULL;
-        d.k_norm = a[3] ? in_t(k, p, "kn") : NULL;
-        d.rope_inv_freq = a[4] ? in_t(k, p, "freq") : NULL;
-        d.num_q_heads = a[0];
-        d.num_kv_heads = a[1];
-        d.head_dim = a[2];
-        d.norm_eps = 1e-6f;
+        TRY(attention_spec(k, c, p, a, &d));
         return mpk_attention_linear_layer(k, &d, in_t(k, p, "w"), part, D3(a[5], a[6]), NOBLOCK, p);
     }
     case L_RES_NORM_LINEAR: {  // K, N, gx, P (partial groups)
@@ -403,6 +395,24 @@ static void add_named(gcase *c, const char *p, const char *what, int ndim, const
     add_input(c, nm, ndim, dims, dt, scale);
 }
 
+// An attention spec's inputs (a: Hq, Hkv, D) and its compared caches.
+static void setup_attention(gcase *c, const char *p, int i, const int *a) {
+    int64_t T = c->params.max_batched_tokens;
+    add_named(c, p, "x", 2, (int64_t[]){T, a[1] * (a[0] / a[1] + 2) * a[2]}, MPK_BF16, 1.0f);
+    add_named(c, p, "qn", 1, (int64_t[]){a[2]}, MPK_BF16, 1.0f);
+    add_named(c, p, "kn", 1, (int64_t[]){a[2]}, MPK_BF16, 1.0f);
+    add_named(c, p, "freq", 1, (int64_t[]){a[2] / 2}, MPK_F32, 1.0f);
+    host_buf *f = &c->in[c->nin - 1];
+    for (int j = 0; j < a[2] / 2; j++) ((float *)f->data)[j] = powf(10000.0f, -2.0f * (float)j / (float)a[2]);
+    const char *caches[2] = {"k_cache", "v_cache"};
+    for (int q = 0; q < 2; q++) {
+        char *nm = malloc(64);
+        snprintf(nm, 64, "%s.%s", p, caches[q]);
+        c->outputs[c->nout] = nm;
+        c->out_spec[c->nout++] = i;
+    }
+}
+
 // Inputs and compared outputs of one spec.
 static void setup_spec(gcase *c, int i, const layer_spec *sp) {
     const char *p = g_prefix[i];
@@ -432,40 +442,14 @@ static void setup_spec(gcase *c, int i, const layer_spec *sp) {
     case L_ALLREDUCE:
         add_named(c, p, "x", 2, (int64_t[]){T, a[0]}, MPK_BF16, 1.0f);
         break;
-    case L_ATTENTION: {
-        add_named(c, p, "x", 2, (int64_t[]){T, a[1] * (a[0] / a[1] + 2) * a[2]}, MPK_BF16, 1.0f);
-        add_named(c, p, "qn", 1, (int64_t[]){a[2]}, MPK_BF16, 1.0f);
-        add_named(c, p, "kn", 1, (int64_t[]){a[2]}, MPK_BF16, 1.0f);
-        add_named(c, p, "freq", 1, (int64_t[]){a[2] / 2}, MPK_F32, 1.0f);
-        host_buf *f = &c->in[c->nin - 1];
-        for (int j = 0; j < a[2] / 2; j++) ((float *)f->data)[j] = powf(10000.0f, -2.0f * (float)j / (float)a[2]);
-        char *k1 = malloc(64), *v1 = malloc(64);
-        snprintf(k1, 64, "%s.k_cache", p);
-        snprintf(v1, 64, "%s.v_cache", p);
-        c->outputs[c->nout] = k1;
-        c->out_spec[c->nout++] = i;
-        c->outputs[c->nout] = v1;
-        c->out_spec[c->nout++] = i;
+    case L_ATTENTION:
+        setup_attention(c, p, i, a);
         break;
-    }
-    case L_ATTN_LINEAR: {
-        add_named(c, p, "x", 2, (int64_t[]){T, a[1] * (a[0] / a[1] + 2) * a[2]}, MPK_BF16, 1.0f);
-        add_named(c, p, "qn", 1, (int64_t[]){a[2]}, MPK_BF16, 1.0f);
-        add_named(c, p, "kn", 1, (int64_t[]){a[2]}, MPK_BF16, 1.0f);
-        add_named(c, p, "freq", 1, (int64_t[]){a[2] / 2}, MPK_F32, 1.0f);
-        host_buf *f = &c->in[c->nin - 1];
-        for (int j = 0; j < a[2] / 2; j++) ((float *)f->data)[j] = powf(10000.0f, -2.0f * (float)j / (float)a[2]);
+    case L_ATTN_LINEAR:
+        setup_attention(c, p, i, a);
         add_named(c, p, "w", 2, (int64_t[]){a[7], a[0] * a[2]}, MPK_BF16, 0.1f);
-        char *k1 = malloc(64), *v1 = malloc(64);
-        snprintf(k1, 64, "%s.k_cache", p);
-        snprintf(v1, 64, "%s.v_cache", p);
         snprintf(nm, 64, "%s.part", p);
-        c->outputs[c->nout] = k1;
-        c->out_spec[c->nout++] = i;
-        c->outputs[c->nout] = v1;
-        c->out_spec[c->nout++] = i;
         break;
-    }
     case L_RES_NORM_LINEAR: {
         add_named(c, p, "x", 2, (int64_t[]){T, a[0]}, MPK_BF16, 1.0f);
         add_named(c, p, "part", 2, (int64_t[]){T, (int64_t)a[3] * a[0]}, MPK_F32, 1.0f);

@@ -148,37 +148,46 @@ static void append_rows(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cach
     }
 }
 
+// The G query heads of every row into out (row stride ld_out), after the rows' keys are in the
+// cache, or, with fresh, with this batch's positions read from qkv instead (fresh_kv).
+static void attend_rows(const mpk_bf16 *qkv, const mpk_bf16 *k_cache, const mpk_bf16 *v_cache,
+                        const mpk_bf16 *q_norm, const mpk_bf16 *k_norm, const float *inv_freq,
+                        const mpk_batch *batch, int32_t G, int32_t D, int32_t ld_qkv,
+                        int32_t page_size, int64_t page_stride, float eps, float scale, int fresh,
+                        mpk_bf16 *out, int32_t ld_out) {
+    const int32_t *row_entry = MPK_BATCH_CARRAY(batch, off_row_entry, int32_t);
+    const int32_t *row_pos = MPK_BATCH_CARRAY(batch, off_row_pos, int32_t);
+    const int32_t *entry_slot = MPK_BATCH_CARRAY(batch, off_entry_slot, int32_t);
+    const int32_t *page_tables = MPK_BATCH_CARRAY(batch, off_page_table, int32_t);
+    float buf[MPK_ATTENTION_MAX_HEAD_DIM];  // (D) the q head being prepared
+    for (int32_t r = 0; r < batch->num_tokens; r++) {
+        const int32_t *pt = page_tables + (int64_t)entry_slot[row_entry[r]] * batch->max_pages_per_request;
+        fresh_kv f = {qkv, k_norm, inv_freq, ld_qkv, G, r, eps, batch};
+        for (int32_t g = 0; g < G; g++) {
+            const mpk_bf16 *q = qkv + (int64_t)r * ld_qkv + (int64_t)g * D;  // (D)
+            prepare_head(q, q_norm, inv_freq, row_pos[r], D, eps, buf);
+            attend(buf, k_cache, v_cache, batch, pt, row_pos[r], D, page_size, page_stride, scale,
+                   fresh ? &f : NULL, out + (int64_t)r * ld_out + (int64_t)g * D);
+        }
+    }
+}
+
 void mpk_attention_cpu(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache,
                        const mpk_bf16 *q_norm, const mpk_bf16 *k_norm, const float *inv_freq,
                        mpk_bf16 *out, const mpk_batch *batch, int32_t G, int32_t D,
                        int32_t ld_qkv, int32_t ld_out, int32_t page_size, int64_t page_stride,
                        float eps, float scale) {
-    const int32_t *row_entry = MPK_BATCH_CARRAY(batch, off_row_entry, int32_t);
-    const int32_t *row_pos = MPK_BATCH_CARRAY(batch, off_row_pos, int32_t);
-    const int32_t *entry_slot = MPK_BATCH_CARRAY(batch, off_entry_slot, int32_t);
-    const int32_t *page_tables = MPK_BATCH_CARRAY(batch, off_page_table, int32_t);
-    int32_t rows = batch->num_tokens;
     if (G <= 0 || D <= 0) return;
     if (D > MPK_ATTENTION_MAX_HEAD_DIM) {
-        for (int32_t r = 0; r < rows; r++)
+        for (int32_t r = 0; r < batch->num_tokens; r++)
             for (int32_t c = 0; c < G * D; c++)
                 out[(int64_t)r * ld_out + c] = mpk_f32_to_bf16(NAN);
         return;
     }
-    float buf[MPK_ATTENTION_MAX_HEAD_DIM];  // (D) the k or q head being prepared
-
     // Every row's k and v first: a prefill chunk's rows attend to each other's positions.
     append_rows(qkv, k_cache, v_cache, k_norm, inv_freq, batch, G, D, ld_qkv, page_size, page_stride, eps);
-    for (int32_t r = 0; r < rows; r++) {
-        int32_t slot = entry_slot[row_entry[r]];
-        const int32_t *pt = page_tables + (int64_t)slot * batch->max_pages_per_request;
-        for (int32_t g = 0; g < G; g++) {
-            const mpk_bf16 *q = qkv + (int64_t)r * ld_qkv + (int64_t)g * D;  // (D)
-            prepare_head(q, q_norm, inv_freq, row_pos[r], D, eps, buf);
-            attend(buf, k_cache, v_cache, batch, pt, row_pos[r], D, page_size, page_stride, scale,
-                   NULL, out + (int64_t)r * ld_out + (int64_t)g * D);
-        }
-    }
+    attend_rows(qkv, k_cache, v_cache, q_norm, k_norm, inv_freq, batch, G, D, ld_qkv, page_size,
+                page_stride, eps, scale, 0, out, ld_out);
 }
 
 // ---- attention and the output projection -------------------------------------------------------
@@ -192,10 +201,6 @@ void mpk_attention_linear_cpu(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *
     // The heads' outputs of every row, (rows, hpt * G * D) bf16: the layer bounds them to
     // MPK_ATTENTION_LINEAR_MAX_ROW_BYTES.
     static _Thread_local mpk_bf16 heads[MPK_ATTENTION_LINEAR_MAX_ROW_BYTES / 2];
-    const int32_t *row_entry = MPK_BATCH_CARRAY(batch, off_row_entry, int32_t);
-    const int32_t *row_pos = MPK_BATCH_CARRAY(batch, off_row_pos, int32_t);
-    const int32_t *entry_slot = MPK_BATCH_CARRAY(batch, off_entry_slot, int32_t);
-    const int32_t *page_tables = MPK_BATCH_CARRAY(batch, off_page_table, int32_t);
     const int32_t rows = batch->num_tokens, Kg = hpt * G * D;
     if (rows <= 0 || G <= 0 || D <= 0 || hpt <= 0) return;
     if (D > MPK_ATTENTION_MAX_HEAD_DIM || (int64_t)rows * Kg * 2 > MPK_ATTENTION_LINEAR_MAX_ROW_BYTES) {
@@ -203,20 +208,12 @@ void mpk_attention_linear_cpu(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *
             for (int32_t j = 0; j < n; j++) part[(int64_t)r * ld_part + j] = NAN;
         return;
     }
-    float buf[MPK_ATTENTION_MAX_HEAD_DIM];
     for (int32_t h = 0; h < hpt; h++) {
         const mpk_bf16 *qh = qkv + (int64_t)h * (G + 2) * D;
         mpk_bf16 *kc = k_cache + (int64_t)h * page_size * D, *vc = v_cache + (int64_t)h * page_size * D;
         if (append) append_rows(qh, kc, vc, k_norm, inv_freq, batch, G, D, ld_qkv, page_size, page_stride, eps);
-        for (int32_t r = 0; r < rows; r++) {
-            const int32_t *pt = page_tables + (int64_t)entry_slot[row_entry[r]] * batch->max_pages_per_request;
-            fresh_kv f = {qh, k_norm, inv_freq, ld_qkv, G, r, eps, batch};
-            for (int32_t g = 0; g < G; g++) {
-                prepare_head(qh + (int64_t)r * ld_qkv + (int64_t)g * D, q_norm, inv_freq, row_pos[r], D, eps, buf);
-                attend(buf, kc, vc, batch, pt, row_pos[r], D, page_size, page_stride, scale,
-                       append ? NULL : &f, heads + (int64_t)r * Kg + (int64_t)(h * G + g) * D);
-            }
-        }
+        attend_rows(qh, kc, vc, q_norm, k_norm, inv_freq, batch, G, D, ld_qkv, page_size, page_stride,
+                    eps, scale, !append, heads + (int64_t)h * G * D, Kg);
     }
     mpk_cpu_plain x = {heads, Kg};
     mpk_cpu_rows src = {NULL, mpk_cpu_plain_rows_load, &x};

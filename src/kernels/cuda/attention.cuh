@@ -372,7 +372,6 @@ MPK_DEV void mpk_attention_preload(const mpk_bf16 *k_cache, const mpk_bf16 *v_ca
     }
 }
 
-// Not inlined: keeps its registers out of the GEMV variants' allocation (spills).
 // Weights a task asks L2 for while its attention runs (ATTENTION_LINEAR): `rows` rows of `bytes`
 // each, `ld` elements apart.
 struct mpk_l2_ask {
@@ -387,6 +386,7 @@ MPK_DEV void mpk_l2_ask_issue(const mpk_l2_ask *a) {
 }
 
 // ask (or null): weights asked of L2 once the keys are appended (the product that follows needs them).
+// Not inlined: keeps its registers out of the GEMV variants' allocation (spills).
 __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache,
                                 const mpk_bf16 *q_norm, const mpk_bf16 *k_norm,
                                 const float *inv_freq, mpk_bf16 *out, const mpk_batch *b,
@@ -471,9 +471,6 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
 // The heads' outputs (rows, hpt * G * D) sit at the top of the dynamic area, below the per-warp
 // key buffers of mpk_attention_cuda and above its q and chunk partials; the layer bounds their
 // size (MPK_ATTENTION_LINEAR_MAX_ROW_BYTES), and a shape that does not fit gives NaN sums.
-#ifndef MPK_ATTN_LINEAR_ASK
-#define MPK_ATTN_LINEAR_ASK 2
-#endif
 
 MPK_DEV void mpk_attention_linear_cuda(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache,
                                        const mpk_bf16 *q_norm, const mpk_bf16 *k_norm,
@@ -488,24 +485,23 @@ MPK_DEV void mpk_attention_linear_cuda(const mpk_bf16 *qkv, mpk_bf16 *k_cache, m
     const int64_t top = (int64_t)MPK_DYN_SMEM_BYTES - (int64_t)nwarps * D * 4;
     const int64_t bytes = ((int64_t)rows * Kg * 2 + 15) / 16 * 16;
     const int64_t low = 4 * ((int64_t)G * D + (int64_t)nwarps * G * (D + 2));
-    if (Kg % 8 || ld_w % 8 || !mpk_aligned16(w) || D > MPK_ATTN_MAX_D || ((top - bytes) & ~(int64_t)15) < low) {
+    const int64_t xs_off = (top - bytes) & ~(int64_t)15;
+    if (Kg % 8 || ld_w % 8 || !mpk_aligned16(w) || D > MPK_ATTN_MAX_D || xs_off < low) {
         for (int64_t i = threadIdx.x; i < (int64_t)rows * n; i += blockDim.x)
             part[(i / n) * ld_part + i % n] = __int_as_float(0x7fc00000);
         return;
     }
-    mpk_bf16 *xs = (mpk_bf16 *)((char *)mpk_dyn_smem() + ((top - bytes) & ~(int64_t)15));  // (rows, Kg)
-    // The weights do not depend on the attention: ask L2 for them while it runs, so that the
-    // product after it finds them on chip (MPK_ATTN_LINEAR_ASK: 0 never, 1 before the attention,
-    // 2 once the keys are appended: measured best, bench/NOTES.md v9). Copying them into shared
-    // memory instead (cp.async) measured slower, as did a GEMV for short K taking several columns
-    // per warp (its registers slowed every other task of the megakernel).
+    mpk_bf16 *xs = (mpk_bf16 *)((char *)mpk_dyn_smem() + xs_off);  // (rows, Kg)
+    // The weights do not depend on the attention: ask L2 for them once the first head's keys are
+    // appended, so that the product after the attention finds them on chip (asked before the
+    // attention instead, or not at all, measured no better; copied into shared memory, slower:
+    // bench/NOTES.md v9).
     const mpk_l2_ask ask = {w, n, Kg * 2, ld_w};
-    if (MPK_ATTN_LINEAR_ASK == 1) mpk_l2_ask_issue(&ask);
     for (int32_t h = 0; h < hpt; h++)
         mpk_attention_cuda(qkv + (int64_t)h * (G + 2) * D, k_cache + (int64_t)h * page_size * D,
                            v_cache + (int64_t)h * page_size * D, q_norm, k_norm, inv_freq,
                            xs + (int64_t)h * G * D, b, G, D, ld_qkv, Kg, page_size, page_stride, eps, scale,
-                           MPK_ATTN_LINEAR_ASK == 2 && h == 0 ? &ask : nullptr);
+                           h == 0 ? &ask : nullptr);
     __syncthreads();
     for (int32_t r0 = 0; r0 < rows; r0 += MPK_GEMV_ROWS) {
         const int32_t nr = min(MPK_GEMV_ROWS, rows - r0);

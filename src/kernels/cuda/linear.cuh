@@ -460,19 +460,27 @@ struct mpk_residual_rows {
         for (int32_t g = 0; g < P; g++) s += p[(int64_t)g * K];
         return mpk_round_bf(s);
     }
-    // Eight elements from k (16-byte loads; vec_ok).
-    MPK_DEV void elem8(int32_t r, int32_t k, float f[8]) const {
-        mpk_unpack8(mpk_ld16(x + (int64_t)r * ld_x + k), f);
+    // Four elements from k (vec_ok): every partial's 16 bytes loaded before the first add (up
+    // to 16 groups in registers), then added in group order, then rounded.
+    MPK_DEV void elem4(int32_t r, int32_t k, float f[4]) const {
+        const uint2 xv = *(const uint2 *)(x + (int64_t)r * ld_x + k);
         const float *p = part + (int64_t)r * ld_part + k;
-        for (int32_t g = 0; g < P; g++) {
-            const uint4 a = mpk_ld16(p + (int64_t)g * K), b = mpk_ld16(p + (int64_t)g * K + 4);
-            f[0] += __uint_as_float(a.x); f[1] += __uint_as_float(a.y);
-            f[2] += __uint_as_float(a.z); f[3] += __uint_as_float(a.w);
-            f[4] += __uint_as_float(b.x); f[5] += __uint_as_float(b.y);
-            f[6] += __uint_as_float(b.z); f[7] += __uint_as_float(b.w);
+        f[0] = __uint_as_float(xv.x << 16), f[1] = __uint_as_float(xv.x & 0xffff0000u);
+        f[2] = __uint_as_float(xv.y << 16), f[3] = __uint_as_float(xv.y & 0xffff0000u);
+        for (int32_t g0 = 0; g0 < P; g0 += 16) {
+            uint4 a[16];
+#pragma unroll
+            for (int g = 0; g < 16; g++)
+                if (g0 + g < P) a[g] = mpk_ld16(p + (int64_t)(g0 + g) * K);
+#pragma unroll
+            for (int g = 0; g < 16; g++)
+                if (g0 + g < P) {
+                    f[0] += __uint_as_float(a[g].x); f[1] += __uint_as_float(a[g].y);
+                    f[2] += __uint_as_float(a[g].z); f[3] += __uint_as_float(a[g].w);
+                }
         }
 #pragma unroll
-        for (int e = 0; e < 8; e++) f[e] = mpk_round_bf(f[e]);
+        for (int e = 0; e < 4; e++) f[e] = mpk_round_bf(f[e]);
     }
     // The direct path: the rows' scales (recomputing s) and their x_out columns, then a barrier.
     MPK_DEV void prologue(int32_t r0, int32_t nr) {
@@ -494,7 +502,8 @@ struct mpk_residual_rows {
     }
     MPK_DEV void load8(int32_t r, int32_t k, float f[8]) const {
         float nw[8];
-        elem8(r, k, f);
+        elem4(r, k, f);
+        elem4(r, k + 4, f + 4);
         mpk_unpack8(mpk_ld16(norm_w + k), nw);
         const float s = scale[r % MPK_GEMV_ROWS];
 #pragma unroll
@@ -507,32 +516,13 @@ struct mpk_residual_rows {
     MPK_DEV void stage(int32_t r0, int32_t nr, mpk_bf16 *xs, int32_t) {
         const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
         const int32_t per = K / 8;
-        // Four columns per thread (twice the threads of 8), every partial's 16 bytes loaded
-        // before the first add (up to 16 groups in registers), then added in group order.
+        // Four columns per thread: twice the threads that eight would keep busy.
         const int32_t per4 = K / 4;
         for (int32_t i = threadIdx.x; i < nr * per4; i += blockDim.x) {
             const int32_t r = i / per4, k = (i % per4) * 4;
-            const mpk_bf16 *xr = x + (int64_t)(r0 + r) * ld_x + k;
-            const float *p = part + (int64_t)(r0 + r) * ld_part + k;
-            const uint2 xv = *(const uint2 *)xr;
-            float f[4] = {__uint_as_float(xv.x << 16), __uint_as_float(xv.x & 0xffff0000u),
-                          __uint_as_float(xv.y << 16), __uint_as_float(xv.y & 0xffff0000u)};
-            for (int32_t g0 = 0; g0 < P; g0 += 16) {
-                uint4 a[16];
-#pragma unroll
-                for (int g = 0; g < 16; g++)
-                    if (g0 + g < P) a[g] = mpk_ld16(p + (int64_t)(g0 + g) * K);
-#pragma unroll
-                for (int g = 0; g < 16; g++)
-                    if (g0 + g < P) {
-                        f[0] += __uint_as_float(a[g].x); f[1] += __uint_as_float(a[g].y);
-                        f[2] += __uint_as_float(a[g].z); f[3] += __uint_as_float(a[g].w);
-                    }
-            }
-            uint2 v;
-            v.x = mpk_pack2(mpk_round_bf(f[0]), mpk_round_bf(f[1]));
-            v.y = mpk_pack2(mpk_round_bf(f[2]), mpk_round_bf(f[3]));
-            *(uint2 *)(xs + (int64_t)r * K + k) = v;
+            float f[4];
+            elem4(r0 + r, k, f);
+            *(uint2 *)(xs + (int64_t)r * K + k) = make_uint2(mpk_pack2(f[0], f[1]), mpk_pack2(f[2], f[3]));
         }
         __syncthreads();
         if (warp < nr) {

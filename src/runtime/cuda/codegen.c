@@ -110,6 +110,10 @@ static mpk_status emit_headers(mpk_kernel *k, mpk_sbuf *b) {
 
 // ---- block size -----------------------------------------------------------------------------------
 
+// 384 threads when no linear task's rows are longer than MPK_CODEGEN_SHORT_K (small models: their
+// tasks are short and bound by barriers and latency, and at 384 threads the megakernel needs no
+// register spills), else 512 (long rows need the bytes in flight). Measured on the H100
+// (bench/NOTES.md, v9): Qwen3-0.6B -4% at 384, Qwen3-1.7B and Llama-3.2-1B within 1%, Qwen3-8B +2%.
 #define MPK_CODEGEN_SHORT_K 6144
 int32_t mpk_cuda_block_threads(const mpk_graph *g) {
     int32_t max_k = 0;
@@ -267,11 +271,7 @@ mpk_status mpk_cuda_codegen(mpk_kernel *k, char **out) {
                     "// %d tasks, %d events, %d variants. The device headers are inlined below; the\n"
                     "// variants and the dispatch switch come last. Do not edit: regenerated on compile.\n",
                     k->graph.num_tasks, k->graph.num_events, k->graph.num_variants);
-    // Threads per block: 384 when no linear task's rows are longer than MPK_CODEGEN_SHORT_K (small
-    // models: their tasks are short and bound by barriers and latency, and at 384 threads the
-    // megakernel needs no register spills), else 512 (long rows need the bytes in flight).
-    // Measured on the H100 (bench/NOTES.md, v9): Qwen3-0.6B -4% at 384, Qwen3-1.7B and
-    // Llama-3.2-1B within 1%, Qwen3-8B +2%. MPK_NVCC_FLAGS=-DMPK_DEV_THREADS=N overrides it.
+    // Threads per block (mpk_cuda_block_threads); MPK_NVCC_FLAGS=-DMPK_DEV_THREADS=N overrides it.
     mpk_sbuf_printf(&b, "\n#ifndef MPK_DEV_THREADS\n#define MPK_DEV_THREADS %d\n#endif\n",
                     mpk_cuda_block_threads(&k->graph));
     mpk_status st = emit_headers(k, &b);

@@ -255,9 +255,8 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
     const uint32_t stream_chunks = mpk_stream_task_chunks(stream);
     const uint32_t task_layer = d.layer;
     __syncthreads();
-    int64_t t_body = 0;
-    if (threadIdx.x == 0 && prof) t_body = mpk_globaltimer();
     if (threadIdx.x == 0) {
+        const int64_t t_body = prof ? mpk_globaltimer() : 0;
         // One release fence orders the block's outputs (the barrier above made them this
         // thread's to publish) before every increment; the adds themselves are then relaxed.
         asm volatile("fence.acq_rel.gpu;" ::: "memory");
@@ -279,8 +278,6 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
                               &a.event_queue_tail[s], a.event_queue_capacity, v);
             }
         }
-    }
-    if (threadIdx.x == 0) {
         // Chunks the body did not use (no rows this iteration, a prefill too large to stage)
         // are waited for and released, after the triggers so that successors start first.
         mpk_stream_drain_task(stream, stream_chunks);
