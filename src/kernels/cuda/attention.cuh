@@ -101,12 +101,19 @@ MPK_DEV int64_t mpk_attn_cache_offset(const mpk_batch *b, const int32_t *page_ta
     return (int64_t)page * page_stride + (int64_t)(p % page_size) * D;
 }
 
+// Positions per round of key/value loads in the decode fast path (2, 4 or 8). Measured
+// (bench/NOTES.md v10, per token): 2 against 4: Qwen3-0.6B +0.5%, 1.7B -1.4%, 8B -1.5%; 8 is
+// slower on all three.
+#ifndef MPK_ATTN_ROUND
+#define MPK_ATTN_ROUND 2
+#endif
+
 // The decode fast path of mpk_attn_row for G <= 4 heads and D = 32 * ND: each warp takes one
 // chunk of positions for all G heads at once (a key and value row is loaded once for the group),
-// four positions at a time so that their loads are in flight together, and leaves per head
-// (acc[D], max, sum) in shared memory for the combine. The cache offsets of the chunk's
+// MPK_ATTN_ROUND positions at a time so that their loads are in flight together, and leaves per
+// head (acc[D], max, sum) in shared memory for the combine. The cache offsets of the chunk's
 // positions are looked up once, one per lane (32 at a time), and shuffled to the rounds: one
-// dependent page-table round trip per chunk instead of one per four positions (measured,
+// dependent page-table round trip per chunk instead of one per round (measured,
 // bench/NOTES.md v10: Qwen3-0.6B -5%, 1.7B -2%, 8B -1.5% per token).
 // kvs (or null): positions [t0, t1) already in shared memory, (position, key | value, D) bf16.
 template <int ND>
@@ -127,17 +134,17 @@ MPK_DEV void mpk_attn_chunk_grouped(const float *qs, const mpk_bf16 *k_cache, co
         }
     }
     int64_t lane_off = -1;  // the cache offset of position t0 + 32 i + lane (this round of 32)
-    for (int32_t t = t0; t < t1; t += 4) {
-        int64_t off[4];
-        float kf[4][ND], vv[4][ND];
-        if (!kvs && ((t - t0) & 31) == 0) {  // (t advances by 4: every 8th round)
+    for (int32_t t = t0; t < t1; t += MPK_ATTN_ROUND) {
+        int64_t off[MPK_ATTN_ROUND];
+        float kf[MPK_ATTN_ROUND][ND], vv[MPK_ATTN_ROUND][ND];
+        if (!kvs && ((t - t0) & 31) == 0) {  // (t advances by MPK_ATTN_ROUND, which divides 32)
             const int32_t p = t + lane;
             lane_off = p < t1 ? mpk_attn_cache_offset(b, pt, p, D, page_size, page_stride) : -1;
         }
-        // Keys and values of the four positions in one round of loads (the values do not wait
+        // Keys and values of the round's positions in one round of loads (the values do not wait
         // for the scores).
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
+        for (int j = 0; j < MPK_ATTN_ROUND; j++) {
             if (kvs) {
                 off[j] = t + j < t1 ? (int64_t)(t + j) * 2 * D : -1;
 #pragma unroll
@@ -154,9 +161,9 @@ MPK_DEV void mpk_attn_chunk_grouped(const float *qs, const mpk_bf16 *k_cache, co
                 vv[j][i] = off[j] >= 0 ? mpk_bf2f(v_cache[off[j] + lane + 32 * i]) : 0.0f;
             }
         }
-        float sc[4][4];
+        float sc[MPK_ATTN_ROUND][4];
 #pragma unroll
-        for (int j = 0; j < 4; j++)
+        for (int j = 0; j < MPK_ATTN_ROUND; j++)
 #pragma unroll
             for (int g = 0; g < 4; g++) {
                 float p = 0.0f;
@@ -165,7 +172,7 @@ MPK_DEV void mpk_attn_chunk_grouped(const float *qs, const mpk_bf16 *k_cache, co
                 sc[j][g] = g < G ? mpk_warp_sum(p) * scale : 0.0f;
             }
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
+        for (int j = 0; j < MPK_ATTN_ROUND; j++) {
             if (off[j] < 0) continue;
             const float *vf = vv[j];
 #pragma unroll
