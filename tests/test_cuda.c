@@ -209,28 +209,3 @@ Test(cuda, compile_only_build_cache_and_refused_run, .timeout = 300) {
     cr_expect_eq(system(cmd), 0);
 }
 
-// The block size the generated megakernel asks for: 384 threads while every linear task's rows
-// are at most 6144 elements, 512 above (bench/NOTES.md v9), whatever the other task types hold.
-Test(cuda, block_threads_follow_the_longest_row) {
-    mpk_variant v[3];
-    memset(v, 0, sizeof v);
-    v[0].type = MPK_TASK_RMSNORM_LINEAR;
-    v[0].p[0] = 1024;
-    v[1].type = MPK_TASK_SILU_MUL_LINEAR_RESIDUAL;
-    v[1].p[0] = 3072;
-    v[2].type = MPK_TASK_EMBED;
-    v[2].p[0] = 100000;  // (an embedding's columns are not a row length)
-    mpk_graph g;
-    memset(&g, 0, sizeof g);
-    g.variants = v;
-    g.num_variants = 3;
-    cr_expect_eq(mpk_cuda_block_threads(&g), 384);
-    v[1].p[0] = 6144;
-    cr_expect_eq(mpk_cuda_block_threads(&g), 384);
-    v[1].p[0] = 12288;
-    cr_expect_eq(mpk_cuda_block_threads(&g), 512);
-    v[1].type = MPK_TASK_RESIDUAL_RMSNORM_LINEAR;
-    cr_expect_eq(mpk_cuda_block_threads(&g), 512);
-    g.num_variants = 0;
-    cr_expect_eq(mpk_cuda_block_threads(&g), 384);
-}

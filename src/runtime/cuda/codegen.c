@@ -110,28 +110,11 @@ static mpk_status emit_headers(mpk_kernel *k, mpk_sbuf *b) {
 
 // ---- block size -----------------------------------------------------------------------------------
 
-// 384 threads when no linear task's rows are longer than MPK_CODEGEN_SHORT_K (small models: their
-// tasks are short and bound by barriers and latency, and at 384 threads the megakernel needs no
-// register spills), else 512 (long rows need the bytes in flight). Measured on the H100
-// (bench/NOTES.md, v9): Qwen3-0.6B -4% at 384, Qwen3-1.7B and Llama-3.2-1B within 1%, Qwen3-8B +2%.
-#define MPK_CODEGEN_SHORT_K 6144
-int32_t mpk_cuda_block_threads(const mpk_graph *g) {
-    int32_t max_k = 0;
-    for (int32_t i = 0; i < g->num_variants; i++) {
-        const mpk_variant *v = &g->variants[i];
-        int32_t K = 0;
-        switch (v->type) {
-        case MPK_TASK_RMSNORM_LINEAR: case MPK_TASK_LINEAR: case MPK_TASK_LINEAR_RESIDUAL:
-        case MPK_TASK_SILU_MUL_LINEAR_RESIDUAL: case MPK_TASK_RESIDUAL_RMSNORM_LINEAR:
-            K = v->p[0];
-            break;
-        default:
-            break;
-        }
-        if (K > max_k) max_k = K;
-    }
-    return max_k <= MPK_CODEGEN_SHORT_K ? 384 : 512;
-}
+// Threads per block of the megakernel: 384 for every graph. At 384 threads (168 registers a
+// thread) the megakernel needs no register spills, which at 512 (128 registers) every task paid
+// for. Measured on the H100 (bench/NOTES.md): v9 Qwen3-0.6B -4% against 512, 8B then +2%; v10
+// (with attention's two positions per round and the GEMV split) 8B -0.6%, Llama-3.2-1B -0.8%.
+#define MPK_CODEGEN_THREADS 384
 
 // ---- variants -------------------------------------------------------------------------------------
 
@@ -271,9 +254,8 @@ mpk_status mpk_cuda_codegen(mpk_kernel *k, char **out) {
                     "// %d tasks, %d events, %d variants. The device headers are inlined below; the\n"
                     "// variants and the dispatch switch come last. Do not edit: regenerated on compile.\n",
                     k->graph.num_tasks, k->graph.num_events, k->graph.num_variants);
-    // Threads per block (mpk_cuda_block_threads); MPK_NVCC_FLAGS=-DMPK_DEV_THREADS=N overrides it.
-    mpk_sbuf_printf(&b, "\n#ifndef MPK_DEV_THREADS\n#define MPK_DEV_THREADS %d\n#endif\n",
-                    mpk_cuda_block_threads(&k->graph));
+    // Threads per block; MPK_NVCC_FLAGS=-DMPK_DEV_THREADS=N overrides it.
+    mpk_sbuf_printf(&b, "\n#ifndef MPK_DEV_THREADS\n#define MPK_DEV_THREADS %d\n#endif\n", MPK_CODEGEN_THREADS);
     mpk_status st = emit_headers(k, &b);
     if (st) {
         free(b.s);

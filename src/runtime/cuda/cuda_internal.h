@@ -22,10 +22,6 @@ void mpk_sbuf_append(mpk_sbuf *b, const char *s, size_t n);
 // specialised body per variant and the dispatch switch. *out is malloc'd (caller frees).
 mpk_status mpk_cuda_codegen(mpk_kernel *kernel, char **out);
 
-// Threads per block of the megakernel for a graph (codegen.c): 384 when every linear task's rows
-// are at most 6144 elements long (small models), else 512.
-int32_t mpk_cuda_block_threads(const mpk_graph *g);
-
 // Finds nvcc ($CUDA_HOME/bin, /usr/local/cuda/bin, then PATH) into path; 0 when none.
 int mpk_cuda_find_nvcc(char *path, size_t cap);
 
