@@ -1,9 +1,14 @@
 #!/bin/sh
-# bench.sh — on the GPU machine, after tests/gpu/run.sh built mpk: decode speed of mpk and of
-# transformers + torch.compile (reduce-overhead, static cache) on the same card in the same call,
-# Perfetto traces + timeline pictures for Qwen3-0.6B and Qwen3-8B, and the side-by-side table last.
+# bench.sh — on the GPU machine (after tests/gpu/run.sh, or alone: it builds mpk when missing):
+# decode speed of mpk and of transformers + torch.compile (reduce-overhead, static cache) on the
+# same card in the same call, Perfetto traces + timeline pictures for Qwen3-0.6B and Qwen3-8B, and
+# the side-by-side table last.
 set -u
 . tests/gpu/env.sh
+if [ ! -x build/mpk ]; then
+    make -j16 lib cli EXTRA_CFLAGS="$DEPS" > "$OUT/bench-build.log" 2>&1 \
+        || { tail -20 "$OUT/bench-build.log"; exit 1; }
+fi
 MODELS=${MPK_BENCH_MODELS:-"qwen3-0.6b qwen3-1.7b qwen3-8b"}
 args=""
 for m in $MODELS; do args="$args --config $m"; done
