@@ -7,10 +7,11 @@
 A stage is the set of tasks of one layer and one task type (e.g. layer 5's gate/up projection).
 For one iteration (default: the middle one) it prints, per kind of stage (averaged over layers):
 how long the stage lasts from its first task's start to its last task's end ("span"), the bytes
-its tasks read, the time those bytes take at the card's read bandwidth ("floor", --bw in GB/s,
-e.g. the streaming-read number `mpk bench` prints), and the gap from the previous stage's last
-end to this stage's first start (the hand-off as the step sees it). The last lines add it up:
-the step is the sum of spans and gaps, and the floor says what the bytes alone would cost.
+the trace says its tasks move (weights and activations), the time those bytes take at the card's
+read bandwidth ("floor", --bw in GB/s, e.g. the streaming-read number `mpk bench` prints; for a
+weights-only floor compute the weights' bytes from the config), and the gap from the previous
+stage's last end to this stage's first start (the hand-off as the step sees it). The last line
+adds it up: the step is the sum of spans and gaps.
 """
 import argparse
 import collections

@@ -147,6 +147,31 @@ Test(profile, cli_writes_trace_and_picture, .timeout = 120) {
     cr_assert(pic, "no picture written");
     cr_expect(strstr(pic, "<svg") && strstr(pic, "</svg>"));
     cr_expect(strstr(pic, "attention"));
+    // bench/stages.py (the step stage by stage) on this trace: one row per kind of stage, the
+    // qkv projection counted once per layer, as many layers as the trace names.
+    if (system("command -v python3 > /dev/null 2>&1") == 0) {
+        int layers = 0;
+        char seen[16][64];
+        cJSON_ArrayForEach(e, ev) {
+            const char *l = cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetObjectItem(e, "args"), "layer"));
+            if (!l || !strstr(l, "qkv_proj")) continue;
+            int dup = 0;
+            for (int i = 0; i < layers; i++) dup |= !strcmp(seen[i], l);
+            if (!dup && layers < 16) snprintf(seen[layers++], sizeof seen[0], "%s", l);
+        }
+        char stages[256], row[128];
+        snprintf(stages, sizeof stages, "%s/stages.txt", dir);
+        snprintf(cmd, sizeof cmd, "python3 bench/stages.py %s > %s 2>&1", trace, stages);
+        cr_expect_eq(system(cmd), 0, "bench/stages.py failed");
+        char *st = slurp(stages);
+        cr_assert(st, "no stages output");
+        snprintf(row, sizeof row, "| qkv_proj | rmsnorm_linear | %d |", layers);
+        cr_expect(layers > 0 && strstr(st, row), "no row '%s' in:\n%s", row, st);
+        cr_expect(strstr(st, "| lm_head | rmsnorm_linear | 1 |") && strstr(st, "total: spans"), "%s", st);
+        free(st);
+        snprintf(cmd, sizeof cmd, "python3 bench/stages.py %s/missing.json > /dev/null 2>&1", dir);
+        cr_expect_neq(system(cmd), 0, "a missing trace must fail");
+    }
     cJSON_Delete(j);
     free(text);
     free(printed);
