@@ -13,10 +13,12 @@
 // Bumped whenever a struct below changes; the host refuses a .so built for another version.
 #define MPK_DEV_ABI_VERSION 3
 
-// Threads of every block of the megakernel (workers and scheduler blocks alike); -D overrides
-// it for measurements (MPK_NVCC_FLAGS; the task bodies read blockDim).
+// Threads of every block of the megakernel (workers and scheduler blocks alike). The generated
+// source defines it first (codegen.c: MPK_CODEGEN_THREADS, 384); -D overrides it for
+// measurements (MPK_NVCC_FLAGS). The launch always uses it, so task bodies may fold it as a
+// constant (the GEMV's warp count) as well as read blockDim.
 #ifndef MPK_DEV_THREADS
-#define MPK_DEV_THREADS 512
+#define MPK_DEV_THREADS 384
 #endif
 // Scheduler warps per scheduler block.
 #define MPK_DEV_SCHEDULERS_PER_BLOCK 4
