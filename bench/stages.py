@@ -6,12 +6,12 @@
 
 A stage is the set of tasks of one layer and one task type (e.g. layer 5's gate/up projection).
 For one iteration (default: the middle one) it prints, per kind of stage (averaged over layers):
-how long the stage lasts from its first task's start to its last task's end ("span"), the bytes
-the trace says its tasks move (weights and activations), the time those bytes take at the card's
-read bandwidth ("floor", --bw in GB/s, e.g. the streaming-read number `mpk bench` prints; for a
-weights-only floor compute the weights' bytes from the config), and the gap from the previous
-stage's last end to this stage's first start (the hand-off as the step sees it). The last line
-adds it up: the step is the sum of spans and gaps.
+how long the stage lasts from its first task's start to its last task's end ("span"), the gap
+from the previous stage's last end to this stage's first start (the hand-off as the step sees
+it), the weights its tasks stream, and the time those weights take at the card's read bandwidth
+("floor", --bw in GB/s, e.g. the streaming-read number `mpk bench` prints). (A trace without
+weight counts, from before they were recorded, gives the bytes its tasks move instead:
+activations included, at the batch's full row count.) The last line adds it up.
 """
 import argparse
 import collections
@@ -40,7 +40,7 @@ def main():
         s = stages.setdefault(key, {"start": e["ts"], "end": 0.0, "bytes": 0, "tasks": 0, "wait": 0.0})
         s["start"] = min(s["start"], e["ts"])
         s["end"] = max(s["end"], e["ts"] + e["dur"])
-        s["bytes"] += e["args"]["bytes"]
+        s["bytes"] += e["args"].get("weight_bytes", e["args"]["bytes"])
         s["tasks"] += 1
     order = sorted(stages.items(), key=lambda kv: kv[1]["start"])
     kinds = collections.OrderedDict()
@@ -61,7 +61,9 @@ def main():
     last = max(s["end"] for _, s in order)
     print("iteration %d: %.1f us from the first task's start to the last task's end, %d stages"
           % (it, last - first, len(order)))
-    print("| stage | task type | count | tasks | span us | gap us | MB | floor us | span / floor |")
+    weights = all("weight_bytes" in e["args"] for e in events)
+    print("| stage | task type | count | tasks | span us | gap us | %s | floor us | span / floor |"
+          % ("weights MB" if weights else "MB moved"))
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     tot_span = tot_gap = tot_floor = 0.0
     for (what, name), k in kinds.items():
@@ -73,7 +75,8 @@ def main():
         print("| %s | %s | %d | %d | %.2f | %.2f | %.2f | %.2f | %s |"
               % (what, name, n, k["tasks"] // n, k["span"] / n, k["gap"] / n, k["bytes"] / n / 1e6,
                  floor / n, "%.2f" % (k["span"] / floor) if floor > 0 else "-"))
-    print("total: spans %.1f us + gaps %.1f us; the bytes at %.0f GB/s: %.1f us" % (tot_span, tot_gap, args.bw, tot_floor))
+    print("total: spans %.1f us + gaps %.1f us; the %s at %.0f GB/s: %.1f us"
+          % (tot_span, tot_gap, "weights" if weights else "bytes", args.bw, tot_floor))
 
 
 if __name__ == "__main__":

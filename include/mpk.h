@@ -399,6 +399,9 @@ const char *mpk_task_type_name(int32_t task_type);
 const char *mpk_layer_name(const mpk_kernel *kernel, int32_t layer);
 // Bytes of memory a task reads and writes (weights + activations), for GB/s in profiles.
 int64_t mpk_task_bytes(const mpk_kernel *kernel, int32_t task);
+// Bytes of weights a task streams (its slice of a weight matrix; 0 for a task without one, e.g.
+// attention): what a decode step has to read whatever the batch, the floor of its time.
+int64_t mpk_task_weight_bytes(const mpk_kernel *kernel, int32_t task);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,7 @@
 // test_profile.c — the task timeline on the CPU backend: one record per task executed, counts that
-// match the compiled graph, times monotone per worker, nothing recorded when off, overflow flagged;
-// and `mpk profile` writing a valid Chrome trace and an SVG picture.
+// match the compiled graph, times monotone per worker, weight slices that add up to the model's
+// matrices, nothing recorded when off, overflow flagged; and `mpk profile` writing a valid Chrome
+// trace and an SVG picture.
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -68,6 +69,20 @@ Test(profile, one_record_per_task_monotone) {
             cr_expect_str_neq(mpk_layer_name(k, r[i].layer), "");
         }
         free(seen);
+        // The tasks' weight slices add up to the model's matrices: every byte a decode step must
+        // read but the norms and the one embedding row (mpk_model_weight_bytes_per_token).
+        const mpk_model_config *c = mpk_model_get_config(m);
+        int64_t sum = 0;
+        for (int32_t t = 0; t < gs.num_tasks; t++) {
+            cr_expect_geq(mpk_task_weight_bytes(k, t), 0);
+            sum += mpk_task_weight_bytes(k, t);
+        }
+        const int64_t H = c->hidden_size, D = c->head_dim;
+        const int64_t small = 2 * ((int64_t)c->num_layers * (2 * H + (c->qk_norm ? 2 * D : 0)) + 2 * H);
+        cr_expect_eq(sum, mpk_model_weight_bytes_per_token(m) - small, "%lld weight bytes in the tasks",
+                     (long long)sum);
+        cr_expect_eq(mpk_task_weight_bytes(k, -1), 0);
+        cr_expect_eq(mpk_task_weight_bytes(k, gs.num_tasks), 0);
         mpk_kernel_free(k);
         mpk_model_free(m);
     }

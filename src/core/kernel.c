@@ -415,6 +415,12 @@ int64_t mpk_task_bytes(const mpk_kernel *k, int32_t task) {
     return k->task_bytes[task];
 }
 
+// The layers record a task's weight slice as what may be prefetched before its event.
+int64_t mpk_task_weight_bytes(const mpk_kernel *k, int32_t task) {
+    if (!k || !k->graph.tasks || task < 0 || task >= k->graph.num_tasks) return 0;
+    return k->graph.tasks[task].prefetch_bytes;
+}
+
 const char *mpk_task_type_name(int32_t type) {
     static const char *names[MPK_TASK_TYPE_COUNT] = {
         "none", "embed", "rmsnorm", "rmsnorm_linear", "linear", "linear_residual", "attention",

@@ -38,10 +38,11 @@ static int write_trace(const char *path, mpk_kernel *k, const mpk_profile_record
         const mpk_profile_record *x = &r[i];
         double ts = (double)x->start_ns / 1e3, dur = (double)(x->end_ns - x->start_ns) / 1e3;
         fprintf(f, "{\"ph\": \"X\", \"pid\": 0, \"tid\": %u, \"ts\": %.3f, \"dur\": %.3f, \"name\": \"%s\", \"cat\": \"%s\", "
-                   "\"args\": {\"task\": %d, \"layer\": \"%s\", \"iteration\": %d, \"wait_us\": %.3f, \"inputs_us\": %.3f, \"body_us\": %.3f, \"bytes\": %lld}}%s\n",
+                   "\"args\": {\"task\": %d, \"layer\": \"%s\", \"iteration\": %d, \"wait_us\": %.3f, \"inputs_us\": %.3f, \"body_us\": %.3f, \"bytes\": %lld, \"weight_bytes\": %lld}}%s\n",
                 x->worker, ts, dur, mpk_task_type_name(x->task_type), mpk_task_type_name(x->task_type), x->task,
                 mpk_layer_name(k, x->layer), x->iteration, (double)x->wait_ns / 1e3,
-                x->inputs_ns < 0 ? -1.0 : x->inputs_ns / 1e3, x->body_ns < 0 ? -1.0 : x->body_ns / 1e3, (long long)mpk_task_bytes(k, x->task), i + 1 < n ? "," : "");
+                x->inputs_ns < 0 ? -1.0 : x->inputs_ns / 1e3, x->body_ns < 0 ? -1.0 : x->body_ns / 1e3, (long long)mpk_task_bytes(k, x->task),
+                (long long)mpk_task_weight_bytes(k, x->task), i + 1 < n ? "," : "");
     }
     fprintf(f, "]}\n");
     fclose(f);
