@@ -779,6 +779,14 @@ static mpk_kernel *cpu_kernel(int32_t workers, int32_t T, int32_t seq) {
     return k;
 }
 
+// One request of `len` prompt tokens generating up to max_new, run to the end: its tokens.
+static void generate(mpk_kernel *k, const int32_t *prompt, int32_t len, int32_t max_new,
+                     const int32_t **toks, int32_t *plen, int32_t *total) {
+    cr_assert_eq(mpk_request_add(k, prompt, len, max_new, NULL, NULL), MPK_OK, "%s", mpk_last_error(k));
+    cr_assert_eq(mpk_run(k, NULL, NULL), MPK_OK, "%s", mpk_last_error(k));
+    cr_assert_eq(mpk_request_tokens(k, 0, toks, plen, total), MPK_OK);
+}
+
 // Whether the builder fuses attention with o_proj by default (builder.c: fuse_attention): the
 // outputs fit on chip and a task's projection slice is at most 32 KB.
 static int expect_fused(const mpk_model_config *c, int64_t T, int32_t W) {
@@ -823,11 +831,9 @@ static void build_and_check(mpk_model_config c, int32_t W, int sampling) {
                  s.num_tasks);
     // A short generation runs and yields valid token ids.
     const int32_t prompt[5] = {1, 5, 9, 300, 17};
-    cr_assert_eq(mpk_request_add(k, prompt, 5, 4, NULL, NULL), MPK_OK, "%s", mpk_last_error(k));
-    cr_assert_eq(mpk_run(k, NULL, NULL), MPK_OK, "%s", mpk_last_error(k));
     const int32_t *toks;
     int32_t plen, total;
-    cr_assert_eq(mpk_request_tokens(k, 0, &toks, &plen, &total), MPK_OK);
+    generate(k, prompt, 5, 4, &toks, &plen, &total);
     cr_expect_eq(plen, 5);
     cr_expect(total > 5 && total <= 9);
     for (int32_t i = plen; i < total; i++) cr_expect(toks[i] >= 0 && toks[i] < c.vocab_size);
@@ -893,11 +899,9 @@ static void run_attention_output(int mode, int32_t *toks_out, int32_t *ntok, flo
     cr_assert_eq(mpk_graph_get_stats(k, &s), MPK_OK);
     cr_expect_eq(s.num_layers, 1 + (mode == MPK_ATTN_OUT_FUSED ? 4 : 5) * c.num_layers + 1 + 2);
     const int32_t prompt[5] = {3, 77, 9, 300, 17};
-    cr_assert_eq(mpk_request_add(k, prompt, 5, 6, NULL, NULL), MPK_OK, "%s", mpk_last_error(k));
-    cr_assert_eq(mpk_run(k, NULL, NULL), MPK_OK, "%s", mpk_last_error(k));
     const int32_t *toks;
     int32_t plen, total;
-    cr_assert_eq(mpk_request_tokens(k, 0, &toks, &plen, &total), MPK_OK);
+    generate(k, prompt, 5, 6, &toks, &plen, &total);
     *ntok = total - plen;
     memcpy(toks_out, toks + plen, sizeof *toks * (size_t)*ntok);
     mpk_tensor *lg;

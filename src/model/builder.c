@@ -146,6 +146,8 @@ static mpk_status build_layer(build_ctx *b, int32_t l, mpk_tensor *x, mpk_tensor
         .rope_inv_freq = b->inv_freq, .output = NULL, .num_q_heads = (int32_t)Hq,
         .num_kv_heads = (int32_t)Hkv, .head_dim = (int32_t)D, .norm_eps = eps, .scale = 0.0f,
     };
+    if ((st = mpk_rmsnorm_linear_layer(k, x, in_norm, wqkv, qkv, eps, g_qkv, b->block, NM("qkv_proj"))))
+        return st;
     if (fuse_attention(b)) {
         // attention + o_proj per (kv head, column chunk), one kv head per group: fp32 partial
         // sums per head that the gate/up task adds to the residual (writing x2 on the way).
@@ -153,26 +155,20 @@ static mpk_status build_layer(build_ctx *b, int32_t l, mpk_tensor *x, mpk_tensor
         int64_t pdims[2] = {b->T, Hkv * H};
         mpk_tensor *part;
         if ((st = mpk_new_tensor(k, 2, pdims, MPK_F32, NM("o_proj.partial"), MPK_IO_DEVICE, &part)) ||
-            (st = mpk_rmsnorm_linear_layer(k, x, in_norm, wqkv, qkv, eps, g_qkv, b->block,
-                                           NM("qkv_proj"))) ||
             (st = mpk_attention_linear_layer(k, &ad, wo, part, g_ao, b->block, NM("attention_o_proj"))) ||
             (st = mpk_residual_rmsnorm_linear_layer(k, x, part, post_norm, wgu, gu, x2, eps, g_gu,
-                                                    b->block, NM("gate_up_proj"))) ||
-            (st = mpk_silu_mul_linear_with_residual_layer(k, gu, wdown, x2, x3, g_h, b->block,
-                                                          NM("down_proj"))))
+                                                    b->block, NM("gate_up_proj"))))
             return st;
-        *x_out = x3;
-        return MPK_OK;
+    } else {
+        if ((st = activation(k, b->T, Hq * D, NM("attn_out"), &attn))) return st;
+        ad.output = attn;
+        if ((st = mpk_attention_layer(k, &ad, g_attn, b->block, NM("attention"))) ||
+            (st = mpk_linear_with_residual_layer(k, attn, wo, x, x2, g_h, b->block, NM("o_proj"))) ||
+            (st = mpk_rmsnorm_linear_layer(k, x2, post_norm, wgu, gu, eps, g_gu, b->block,
+                                           NM("gate_up_proj"))))
+            return st;
     }
-    if ((st = activation(k, b->T, Hq * D, NM("attn_out"), &attn))) return st;
-    ad.output = attn;
-    if ((st = mpk_rmsnorm_linear_layer(k, x, in_norm, wqkv, qkv, eps, g_qkv, b->block,
-                                       NM("qkv_proj"))) ||
-        (st = mpk_attention_layer(k, &ad, g_attn, b->block, NM("attention"))) ||
-        (st = mpk_linear_with_residual_layer(k, attn, wo, x, x2, g_h, b->block, NM("o_proj"))) ||
-        (st = mpk_rmsnorm_linear_layer(k, x2, post_norm, wgu, gu, eps, g_gu, b->block,
-                                       NM("gate_up_proj"))) ||
-        (st = mpk_silu_mul_linear_with_residual_layer(k, gu, wdown, x2, x3, g_h, b->block,
+    if ((st = mpk_silu_mul_linear_with_residual_layer(k, gu, wdown, x2, x3, g_h, b->block,
                                                       NM("down_proj"))))
         return st;
 #undef NM

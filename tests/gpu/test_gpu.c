@@ -563,6 +563,17 @@ static void default_params(gcase *c) {
     c->tol = 1e-5;
 }
 
+// The small random model of MODEL_SHAPE as one case (attention and o_proj fused or separate),
+// two prompts generating 6 and 4 tokens.
+static void small_model_case(gcase *c, const char *name, int fused) {
+    default_params(c);
+    c->name = name;
+    c->tol = 1e-4;
+    c->prompts[0].max_new = 6;
+    c->prompts[1].max_new = 4;
+    case_model(c, MODEL_SHAPE, fused);
+}
+
 // Runs the case on the CPU and (twice) on the GPU with the given scheduling; records one row
 // per layer spec (per-task graph) or one row for the case.
 static void run_case(gcase *c, const char *label, int workers, int schedulers, int jit) {
@@ -828,12 +839,7 @@ int main(int argc, char **argv) {
     };
     for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
         gcase c = {0};
-        default_params(&c);
-        c.name = "model";
-        c.tol = 1e-4;
-        c.prompts[0].max_new = 6;
-        c.prompts[1].max_new = 4;
-        case_model(&c, MODEL_SHAPE, 0);  // one shape and grid: one build serves every mode
+        small_model_case(&c, "model", 0);  // one shape and grid: one build serves every mode
         c.params.profiling = modes[m].prof;
         c.params.profile_capacity = 4096;
         run_case(&c, modes[m].label, modes[m].workers, modes[m].sched, modes[m].jit);
@@ -841,12 +847,7 @@ int main(int argc, char **argv) {
     }
     {  // attention and o_proj in one stage (the builder's default for the real models)
         gcase c = {0};
-        default_params(&c);
-        c.name = "model, attention+o_proj fused";
-        c.tol = 1e-4;
-        c.prompts[0].max_new = 6;
-        c.prompts[1].max_new = 4;
-        case_model(&c, MODEL_SHAPE, 1);
+        small_model_case(&c, "model, attention+o_proj fused", 1);
         run_case(&c, " static/all SMs", 0, 0, 0);
         free_case(&c);
     }

@@ -54,6 +54,21 @@ static int parse_int(const char *s, int32_t lo, int32_t hi, int32_t *out, const 
     return 1;
 }
 
+// Option `opt`'s value v, one of the NULL-terminated `words`, into *dst: 1, or -1 with a message
+// naming them.
+static int one_of(const char *opt, const char *v, const char *const *words, const char **dst) {
+    for (int i = 0; words[i]; i++)
+        if (!strcmp(v, words[i])) {
+            *dst = v;
+            return 1;
+        }
+    fprintf(stderr, "mpk: %s must be", opt);
+    for (int i = 0; words[i]; i++)
+        fprintf(stderr, "%s %s", i == 0 ? "" : words[i + 1] ? "," : " or", words[i]);
+    fprintf(stderr, ", got '%s'\n", v);
+    return -1;
+}
+
 int cli_common_option(cli_opts *o, int argc, char **argv, int *i) {
     const char *a = argv[*i];
     const char *v = *i + 1 < argc ? argv[*i + 1] : NULL;
@@ -62,12 +77,7 @@ int cli_common_option(cli_opts *o, int argc, char **argv, int *i) {
     if (!strcmp(a, "--config")) { NEEDV(); o->config_name = v; return 1; }
     if (!strcmp(a, "--backend")) {
         NEEDV();
-        if (strcmp(v, "cpu") && strcmp(v, "cuda") && strcmp(v, "auto")) {
-            fprintf(stderr, "mpk: --backend must be cpu, cuda or auto, got '%s'\n", v);
-            return -1;
-        }
-        o->backend = v;
-        return 1;
+        return one_of(a, v, (const char *const[]){"cpu", "cuda", "auto", NULL}, &o->backend);
     }
     if (!strcmp(a, "--arch")) { NEEDV(); o->arch = v; return 1; }
     if (!strcmp(a, "--workers")) { NEEDV(); return parse_int(v, 1, 4096, &o->workers, a); }
@@ -85,12 +95,7 @@ int cli_common_option(cli_opts *o, int argc, char **argv, int *i) {
     if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) { o->verbose = 1; return 1; }
     if (!strcmp(a, "--attention-output")) {
         NEEDV();
-        if (strcmp(v, "auto") && strcmp(v, "fused") && strcmp(v, "separate")) {
-            fprintf(stderr, "mpk: --attention-output must be auto, fused or separate, got '%s'\n", v);
-            return -1;
-        }
-        o->attention_output = v;
-        return 1;
+        return one_of(a, v, (const char *const[]){"auto", "fused", "separate", NULL}, &o->attention_output);
     }
 #undef NEEDV
     return 0;

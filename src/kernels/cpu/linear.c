@@ -80,29 +80,23 @@ void mpk_cpu_matvec_f32(const mpk_cpu_rows *x, const mpk_bf16 *w, float *out, in
 
 // ---- plain bf16 input rows -----------------------------------------------------------------------
 
-typedef mpk_cpu_plain plain_rows;  // x (rows, ld_x)
-
-static void plain_load(void *ctx, int32_t r, int32_t k0, int32_t len, float *dst) {
-    const plain_rows *p = ctx;
+void mpk_cpu_plain_rows_load(void *ctx, int32_t r, int32_t k0, int32_t len, float *dst) {
+    const mpk_cpu_plain *p = ctx;  // x (rows, ld_x)
     const mpk_bf16 *src = p->x + (int64_t)r * p->ld_x + k0;
     for (int32_t k = 0; k < len; k++) dst[k] = mpk_bf16_to_f32(src[k]);
 }
 
-void mpk_cpu_plain_rows_load(void *ctx, int32_t r, int32_t k0, int32_t len, float *dst) {
-    plain_load(ctx, r, k0, len, dst);
-}
-
 void mpk_linear_cpu(const mpk_bf16 *x, const mpk_bf16 *w, mpk_bf16 *out, int32_t rows, int32_t K,
                     int32_t n, int32_t ld_x, int32_t ld_w, int32_t ld_out) {
-    plain_rows p = {x, ld_x};
-    mpk_cpu_rows src = {NULL, plain_load, &p};
+    mpk_cpu_plain p = {x, ld_x};
+    mpk_cpu_rows src = {NULL, mpk_cpu_plain_rows_load, &p};
     mpk_cpu_matvec(&src, w, NULL, out, rows, K, n, ld_w, 0, ld_out);
 }
 
 void mpk_linear_residual_cpu(const mpk_bf16 *x, const mpk_bf16 *w, const mpk_bf16 *res,
                              mpk_bf16 *out, int32_t rows, int32_t K, int32_t n, int32_t ld_x,
                              int32_t ld_w, int32_t ld_res, int32_t ld_out) {
-    plain_rows p = {x, ld_x};
-    mpk_cpu_rows src = {NULL, plain_load, &p};
+    mpk_cpu_plain p = {x, ld_x};
+    mpk_cpu_rows src = {NULL, mpk_cpu_plain_rows_load, &p};
     mpk_cpu_matvec(&src, w, res, out, rows, K, n, ld_w, ld_res, ld_out);
 }

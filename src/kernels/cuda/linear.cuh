@@ -44,37 +44,29 @@ MPK_DEV void mpk_fma8(float &acc, const uint4 xv, const float wf[8]) {
     for (int e = 0; e < 8; e++) acc = fmaf(xf[e], wf[e], acc);
 }
 
-// How many warps share a column pair (each takes every ks-th 256-element block of K).
-// MPK_GEMV_SPLIT_RT=1 (default): the ks that gives the busiest warp the fewest dependent round
-// trips of MPK_GEMV_UNROLL loads per row, then the fewest blocks, then the smallest ks (a warp
-// runs ceil(pairs / (nwarps / ks)) units of ceil(blocks / ks) blocks): e.g. Qwen3-1.7B's down
-// projection (8 column pairs, K = 6144, 12 warps) ks = 3, 4 round trips instead of 6 on 8 warps.
-// Measured (bench/NOTES.md, v10): Qwen3-0.6B -1.5%, 1.7B -2.5%, 8B unchanged. 0: the largest
-// power of two that still gives every (pair, part) its own warp. n and K are the variant's
-// compile-time constants and nwarps MPK_DEV_THREADS / 32, so the rule folds to a constant — it
-// must: computed at run time it cost 7-13% per token (v10).
-#ifndef MPK_GEMV_SPLIT_RT
-#define MPK_GEMV_SPLIT_RT 1
-#endif
+// How many warps share a column pair (each takes every ks-th 256-element block of K): the ks
+// that gives the busiest warp the fewest dependent round trips of MPK_GEMV_UNROLL loads per row,
+// then the fewest blocks, then the smallest ks (a warp runs ceil(pairs / (nwarps / ks)) units of
+// ceil(blocks / ks) blocks). E.g. Qwen3-1.7B's down projection (8 column pairs, K = 6144, 12
+// warps): ks = 3, 4 round trips, where the earlier rule (the largest power of two that gives
+// every (pair, part) its own warp) left 4 warps idle and 6 round trips: Qwen3-0.6B -1.5%, 1.7B
+// -2.5% per token (bench/NOTES.md, v10). n and K are the variant's compile-time constants and
+// nwarps MPK_DEV_THREADS / 32, so the search folds to a constant — it must: computed at run time
+// it cost 7-13% per token (v10).
 MPK_DEV int32_t mpk_gemv_split(int32_t n, int32_t K, int32_t nwarps) {
     const int32_t pairs = (n + 1) / 2, blocks = (K + 255) / 256;
-    if (MPK_GEMV_SPLIT_RT) {
-        int32_t best = 1, best_rt = 0x7fffffff, best_bl = 0x7fffffff;
-        for (int32_t ks = 1; ks <= nwarps && ks <= blocks; ks++) {
-            if (ks > 1 && ks * MPK_GEMV_ROWS * n > MPK_SCRATCH_FLOATS) break;  // partial sums
-            const int32_t ps = nwarps / ks, units = (pairs + ps - 1) / ps, bps = (blocks + ks - 1) / ks;
-            const int32_t rt = units * ((bps + MPK_GEMV_UNROLL - 1) / MPK_GEMV_UNROLL), bl = units * bps;
-            if (rt < best_rt || (rt == best_rt && bl < best_bl)) {
-                best = ks;
-                best_rt = rt;
-                best_bl = bl;
-            }
+    int32_t best = 1, best_rt = 0x7fffffff, best_bl = 0x7fffffff;
+    for (int32_t ks = 1; ks <= nwarps && ks <= blocks; ks++) {
+        if (ks > 1 && ks * MPK_GEMV_ROWS * n > MPK_SCRATCH_FLOATS) break;  // partial sums
+        const int32_t ps = nwarps / ks, units = (pairs + ps - 1) / ps, bps = (blocks + ks - 1) / ks;
+        const int32_t rt = units * ((bps + MPK_GEMV_UNROLL - 1) / MPK_GEMV_UNROLL), bl = units * bps;
+        if (rt < best_rt || (rt == best_rt && bl < best_bl)) {
+            best = ks;
+            best_rt = rt;
+            best_bl = bl;
         }
-        return best;
     }
-    int32_t ks = 1;
-    while (ks * 2 <= nwarps && pairs * ks * 2 <= nwarps && ks * 2 <= blocks) ks *= 2;
-    return ks;
+    return best;
 }
 
 // Columns of one row tile whose nr (<= MPK_GEMV_ROWS) rows are staged in xs. A task with few
