@@ -43,6 +43,9 @@ for c in "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" /usr/local/cuda/bin/nvcc; do [
 if [ -n "$nvcc" ]; then
     echo "== CUDA megakernel compiles for sm_90a (no GPU needed)"
     MPK_CACHE_DIR=$(mktemp -d) build/mpk compile --config qwen3-0.6b --backend cuda --arch sm_90a -v
+    echo "== the same with the weight stream built in (src/kernels/cuda/stream.cuh, opt-in)"
+    MPK_NVCC_FLAGS="-DMPK_STREAM_SLOTS=4 -DMPK_DYN_SMEM_BYTES=65536 -DMPK_DEV_THREADS=352" \
+        MPK_CACHE_DIR=$(mktemp -d) build/mpk compile --config qwen3-0.6b --backend cuda --arch sm_90a
 else
     echo "== CUDA toolkit not found: skipping the sm_90a compile check"
 fi

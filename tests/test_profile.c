@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "mpk.h"
 
@@ -191,6 +192,36 @@ Test(profile, cli_writes_trace_and_picture, .timeout = 120) {
     free(text);
     free(printed);
     free(pic);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_expect_eq(system(cmd), 0);
+}
+
+// `mpk bench -d`: decode after a D-token prompt is its own row (tgN @ dD) with a positive speed,
+// next to the plain tgN row of another run; a negative depth is refused with the usage error.
+Test(profile, cli_bench_depth, .timeout = 120) {
+    char dir[] = "/tmp/mpk-bench-XXXXXX";
+    cr_assert(mkdtemp(dir));
+    char cmd[1024], out[256];
+    snprintf(out, sizeof out, "%s/out.csv", dir);
+    snprintf(cmd, sizeof cmd, "build/mpk bench --config qwen3-tiny --backend cpu --workers 2 -n 3 -p 0 -d 40 -r 1 -o csv > %s 2>&1", out);
+    cr_assert_eq(system(cmd), 0, "mpk bench -d failed (is build/mpk built? run from the repo root)");
+    char *text = slurp(out);
+    cr_assert(text);
+    const char *row = strstr(text, "\nqwen3-tiny,");
+    cr_assert(row, "no result row in: %s", text);
+    char test[64] = "";
+    double ms = 0;
+    cr_assert_eq(sscanf(row + 1, "qwen3-tiny,%*[^,],cpu,%63[^,],%lf", test, &ms), 2, "row: %s", row);
+    cr_expect_str_eq(test, "tg3 @ d40");
+    cr_expect_gt(ms, 0.0);
+    free(text);
+    snprintf(cmd, sizeof cmd, "build/mpk bench --config qwen3-tiny --backend cpu -n 3 -p 0 -d -1 > %s 2>&1", out);
+    const int rc = system(cmd);
+    cr_expect(WIFEXITED(rc) && WEXITSTATUS(rc) == 2, "a negative depth must be refused");
+    text = slurp(out);
+    cr_assert(text);
+    cr_expect(strstr(text, "-d >= 0"), "the error names the option: %s", text);
+    free(text);
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     cr_expect_eq(system(cmd), 0);
 }

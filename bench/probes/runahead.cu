@@ -59,7 +59,8 @@ struct Args {
     const uint4 *x;
     float *y;
     unsigned long long *counters;
-    int nstages, iters, ring, slots, slot_bytes, depth, prefetch, publish, inflight;
+    int nstages, iters, ring, slots, slot_bytes, depth, prefetch, publish, inflight, chase;
+    long long wbytes;
     int *err;
     long long *tm;  // (stage, block, 4) times of the last iteration: waited, input staged, multiplied, published
 };
@@ -244,6 +245,7 @@ __global__ void __launch_bounds__(THREADS, 1) chain(Args a) {
     if (warp == CONSUMERS) {  // the producer: this block's slices, stage after stage, every iteration
         if (!a.ring || lane != 0) return;
         uint32_t n = 0;
+        int stages_issued = 0;  // publish mode 5: streamed stages started
         for (int it = 0; it < a.iters; it++)
             for (int s = 0; s < a.nstages; s++) {
                 const Stage st = c_st[s];
@@ -251,6 +253,11 @@ __global__ void __launch_bounds__(THREADS, 1) chain(Args a) {
                 const size_t row_bytes = (size_t)st.K * 2;
                 const char *base = a.w + st.w_off + (size_t)blockIdx.x * st.rows * row_bytes;
                 const int nch = st.parts > 1 ? st.rows * st.parts : (st.rows + st.chunk_rows - 1) / st.chunk_rows;
+                if (a.publish == 5) {  // the previous streamed stage of this block has published
+                    while (*(volatile int *)pause < stages_issued) {
+                    }
+                }
+                stages_issued++;
                 for (int c = 0; c < nch; c++, n++) {
                     const uint32_t bytes = st.parts > 1 ? (uint32_t)(row_bytes / st.parts)
                                                         : (uint32_t)(min(st.chunk_rows, st.rows - c * st.chunk_rows) * row_bytes);
@@ -280,6 +287,7 @@ __global__ void __launch_bounds__(THREADS, 1) chain(Args a) {
     }
 
     uint32_t n = 0;  // ring chunks consumed
+    int published = 0;  // (thread 0, publish mode 5) streamed stages published
     int prev = -1;   // the stage this one waits for
     for (int it = 1; it <= a.iters; it++)
         for (int s = 0; s < a.nstages; s++) {
@@ -302,14 +310,27 @@ __global__ void __launch_bounds__(THREADS, 1) chain(Args a) {
             if (rec) tm[0] = tm[1] = tm[2] = tm[3] = gtime();
             if (!st.rows) {  // attention-like: 8 blocks busy, the others go on to wait for them
                 if (blockIdx.x < 8) {
+                    if (a.chase > 0 && tid < 32 * 8) {  // 8 warps, each a chain of dependent loads
+                        size_t idx = ((size_t)blockIdx.x * 8 + warp) * 7919u * 4096u + lane * 16u;
+                        unsigned acc = 0;
+                        for (int r = 0; r < a.chase; r++) {
+                            const uint4 v = ld_w((const uint4 *)(a.w + (idx % (size_t)a.wbytes & ~(size_t)15)), true);
+                            acc += v.x;
+                            idx = idx * 2654435761u + v.x + 104729u * 4096u;
+                        }
+                        if (acc == 0x12345678u) a.y[0] = 1.f;
+                    }
+                    consumers_sync();
                     if (tid == 0) {
                         const long long t0 = gtime();
-                        while (gtime() - t0 < st.busy_ns) {
+                        while (a.chase == 0 && gtime() - t0 < st.busy_ns) {
                         }
                         asm volatile("fence.acq_rel.gpu;" ::: "memory");
                         asm volatile("red.relaxed.gpu.global.add.u64 [%0], 1;" ::"l"(a.counters + (size_t)s * 16) : "memory");
                         if (rec) tm[3] = gtime();
                     }
+                } else if (a.chase > 0) {
+                    consumers_sync();  // (every block passes the same barriers)
                 }
                 continue;
             }
@@ -344,6 +365,7 @@ __global__ void __launch_bounds__(THREADS, 1) chain(Args a) {
                 gemv_rows<DEPTH>(mine, st.rows, P, st.ks_direct, xs, outs, 0, true);
             }
             if (tid == 0 && a.publish == 4) *(volatile int *)pause = 1;
+            if (tid == 0 && a.publish == 5) published++;
             consumers_sync();
             if (rec) tm[2] = gtime();
             for (int i = tid; i < st.rows; i += CTHREADS) a.y[st.y_off + (size_t)blockIdx.x * st.rows + i] = outs[i];
@@ -366,6 +388,10 @@ __global__ void __launch_bounds__(THREADS, 1) chain(Args a) {
                     asm volatile("fence.acq_rel.gpu;" ::: "memory");
                     asm volatile("red.relaxed.gpu.global.add.u64 [%0], 1;" ::"l"(ctr) : "memory");
                     *(volatile int *)pause = 0;
+                } else if (a.publish == 5) {
+                    asm volatile("fence.acq_rel.gpu;" ::: "memory");
+                    asm volatile("red.relaxed.gpu.global.add.u64 [%0], 1;" ::"l"(ctr) : "memory");
+                    *(volatile int *)pause = published;  // the producer may start the next stage
                 } else {
                     asm volatile("red.relaxed.gpu.global.add.u64 [%0], 1;" ::"l"(ctr) : "memory");
                 }
@@ -505,7 +531,7 @@ static void stage_times(const std::vector<Stage> &st, const long long *dtm, int 
 
 struct Mode {
     const char *name;
-    int ring, slots, slot_bytes, depth, prefetch, attn, publish, detail, inflight;
+    int ring, slots, slot_bytes, depth, prefetch, attn, publish, detail, inflight, chase;
 };
 
 int main(int argc, char **argv) {
@@ -515,21 +541,13 @@ int main(int argc, char **argv) {
         {"qwen3-8b", 4096, 12288, 32, 8, 128, 36, 151936, 13000},
     };
     const Mode modes[] = {
-        {"direct, 4 steps in flight", 0, 0, 32768, 4, 0, 1, 0, 0, 0},
-        {"direct + own 48 KB asked of L2", 0, 0, 32768, 4, 49152, 1, 0, 0, 0},
-        {"ring 6 x 32 KB, 1 in flight", 1, 6, 32768, 4, 0, 1, 0, 0, 1},
-        {"ring 6 x 32 KB, 1 in flight, release-only fence", 1, 6, 32768, 4, 0, 1, 3, 0, 1},
-        {"ring 6 x 32 KB, 1 in flight, held back while publishing", 1, 6, 32768, 4, 0, 1, 4, 0, 1},
-        {"ring 12 x 16 KB, 1 in flight", 1, 12, 16384, 4, 0, 1, 0, 0, 1},
-        {"ring 12 x 16 KB, 2 in flight", 1, 12, 16384, 4, 0, 1, 0, 0, 2},
-        {"ring 24 x 8 KB, 1 in flight", 1, 24, 8192, 4, 0, 1, 0, 1, 1},
-        {"ring 24 x 8 KB, 2 in flight", 1, 24, 8192, 4, 0, 1, 0, 1, 2},
-        {"ring 24 x 8 KB, 3 in flight", 1, 24, 8192, 4, 0, 1, 0, 0, 3},
-        {"ring 24 x 8 KB, 4 in flight", 1, 24, 8192, 4, 0, 1, 0, 0, 4},
-        {"ring 24 x 8 KB, 2 in flight, held back while publishing", 1, 24, 8192, 4, 0, 1, 4, 0, 2},
-        {"ring 24 x 8 KB, 2 in flight, no fence (timing only)", 1, 24, 8192, 4, 0, 1, 2, 0, 2},
-        {"ring 12 x 16 KB, 1 in flight, no attention stage", 1, 12, 16384, 4, 0, 0, 0, 0, 1},
-        {"direct, no attention stage", 0, 0, 32768, 4, 0, 0, 0, 0, 0},
+        {"direct, 4 steps in flight", 0, 0, 32768, 4, 0, 1, 0, 1, 0, 0},
+        {"ring 6 x 32 KB, 1 in flight", 1, 6, 32768, 4, 0, 1, 0, 1, 1, 0},
+        {"ring 6 x 32 KB, 1 in flight, none in flight from a stage's last chunk to its publish", 1, 6, 32768, 4, 0, 1, 5, 1, 1, 0},
+        {"ring 6 x 32 KB, 2 in flight, none in flight from a stage's last chunk to its publish", 1, 6, 32768, 4, 0, 1, 5, 0, 2, 0},
+        {"direct, attention = 8 warps x 12 dependent loads", 0, 0, 32768, 4, 0, 1, 0, 1, 0, 12},
+        {"ring 6 x 32 KB, 1 in flight, attention = 12 dependent loads", 1, 6, 32768, 4, 0, 1, 0, 1, 1, 12},
+        {"ring, 1 in flight, stop to publish, attention = 12 dependent loads", 1, 6, 32768, 4, 0, 1, 5, 0, 1, 12},
     };
     const char *want = argc > 1 ? argv[1] : "all";
     cudaDeviceProp prop;
@@ -590,7 +608,7 @@ int main(int argc, char **argv) {
             for (int rep = 0; rep < 3; rep++) {
                 CK(cudaMemset(ctr, 0, (size_t)MAX_STAGES * 16 * 8));
                 CK(cudaMemset(err, 0, 4));
-                Args a{w, x, y, ctr, (int)st.size(), 8, md.ring, md.slots, md.slot_bytes, md.depth, md.prefetch, md.publish, md.inflight, err, tm};
+                Args a{w, x, y, ctr, (int)st.size(), 8, md.ring, md.slots, md.slot_bytes, md.depth, md.prefetch, md.publish, md.inflight, md.chase, wb, err, tm};
                 CK(cudaEventRecord(e0));
                 if (md.depth == 8)
                     chain<8><<<BLOCKS, THREADS, smem>>>(a);

@@ -9,11 +9,14 @@
 #include "cli.h"
 
 static const char *bench_usage =
-    "usage: mpk bench [-m DIR]... [--config NAME]... [-n N] [-p N] [-r R] [-o md|json|csv] [options]\n"
+    "usage: mpk bench [-m DIR]... [--config NAME]... [-n N] [-p N] [-d N] [-r R] [-o md|json|csv] [options]\n"
     "Measures batch-1 decode (tgN: N tokens generated after a 1-token prompt) and prefill (ppN: an\n"
     "N-token prompt in one iteration). Random weights are enough: --config names a real config.\n"
     "  -n N                  decode tokens per repetition; 0 skips tg (default: 128)\n"
     "  -p N                  prompt tokens; 0 skips pp (default: 512)\n"
+    "  -d N                  depth: decode after an N-token prompt instead of a 1-token one, so\n"
+    "                        that attention reads N cached positions (tgN @ dD; GB/s and % of\n"
+    "                        read BW count the weights only) (default: 0)\n"
     "  -r R                  repetitions, reported as mean ± standard deviation (default: 3)\n"
     "  -o FMT                md, json or csv (default: md)\n";
 
@@ -47,9 +50,11 @@ static int run_once(cli_engine *e, int32_t prompt_len, int32_t n_new, double *se
     return 0;
 }
 
-static int bench_model(cli_opts *o, int32_t n_gen, int32_t n_prompt, int reps, result *out, int *nout) {
+static int bench_model(cli_opts *o, int32_t n_gen, int32_t n_prompt, int32_t depth, int reps,
+                       result *out, int *nout) {
     o->batch_tokens = n_prompt > 0 ? n_prompt : 16;
-    int32_t need = (n_prompt > 1 + n_gen ? n_prompt : 1 + n_gen) + 8;
+    const int32_t lead = depth > 1 ? depth : 1;  // the decode runs' prompt
+    int32_t need = (n_prompt > lead + n_gen ? n_prompt : lead + n_gen) + 8;
     if (o->max_seq_len < need) o->max_seq_len = need;
     cli_engine e;
     if (cli_engine_open(&e, o, 1)) return 1;
@@ -62,13 +67,13 @@ static int bench_model(cli_opts *o, int32_t n_gen, int32_t n_prompt, int reps, r
         int decode = t == 0;
         if ((decode && n_gen <= 0) || (!decode && n_prompt <= 0)) continue;
         double s;
-        if (run_once(&e, decode ? 1 : n_prompt, decode ? n_gen : 1, &s, decode)) {  // warm-up
+        if (run_once(&e, decode ? lead : n_prompt, decode ? n_gen : 1, &s, decode)) {  // warm-up
             cli_engine_close(&e);
             return 1;
         }
         double sum = 0, sum2 = 0, best = 1e30;
         for (int r = 0; r < reps; r++) {
-            if (run_once(&e, decode ? 1 : n_prompt, decode ? n_gen : 1, &s, decode)) {
+            if (run_once(&e, decode ? lead : n_prompt, decode ? n_gen : 1, &s, decode)) {
                 cli_engine_close(&e);
                 return 1;
             }
@@ -82,7 +87,10 @@ static int bench_model(cli_opts *o, int32_t n_gen, int32_t n_prompt, int reps, r
         snprintf(R->model, sizeof R->model, "%s", o->config_name ? o->config_name : e.dir);
         R->size_gb = bytes / 1e9;
         R->backend = bk;
-        snprintf(R->test, sizeof R->test, "%s%d", decode ? "tg" : "pp", decode ? n_gen : n_prompt);
+        if (decode && depth > 0)
+            snprintf(R->test, sizeof R->test, "tg%d @ d%d", n_gen, depth);
+        else
+            snprintf(R->test, sizeof R->test, "%s%d", decode ? "tg" : "pp", decode ? n_gen : n_prompt);
         R->tps = sum / reps;
         R->tps_sd = reps > 1 ? sqrt(fmax(0, (sum2 - sum * sum / reps) / (reps - 1))) : 0;
         R->ms_per_token = 1e3 / R->tps;
@@ -119,7 +127,7 @@ int cmd_bench(int argc, char **argv) {
     const char *models[16];
     int nmodels = 0, nconfigs = 0, reps = 3;
     const char *configs[16];
-    int32_t n_gen = 128, n_prompt = 512;
+    int32_t n_gen = 128, n_prompt = 512, depth = 0;
     const char *fmt = "md";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -147,6 +155,7 @@ int cmd_bench(int argc, char **argv) {
         }
         if (!strcmp(a, "-n")) n_gen = atoi(argv[++i]);
         else if (!strcmp(a, "-p")) n_prompt = atoi(argv[++i]);
+        else if (!strcmp(a, "-d")) depth = atoi(argv[++i]);
         else if (!strcmp(a, "-r")) reps = atoi(argv[++i]);
         else if (!strcmp(a, "-o")) fmt = argv[++i];
         else {
@@ -154,9 +163,9 @@ int cmd_bench(int argc, char **argv) {
             return 2;
         }
     }
-    if (reps < 1 || n_gen < 0 || n_prompt < 0 || (n_gen == 0 && n_prompt == 0) ||
+    if (reps < 1 || n_gen < 0 || n_prompt < 0 || depth < 0 || (n_gen == 0 && n_prompt == 0) ||
         (strcmp(fmt, "md") && strcmp(fmt, "json") && strcmp(fmt, "csv"))) {
-        fprintf(stderr, "mpk: bench needs -r >= 1, -n/-p >= 0 (not both 0), -o md|json|csv\n");
+        fprintf(stderr, "mpk: bench needs -r >= 1, -n/-p/-d >= 0 (-n and -p not both 0), -o md|json|csv\n");
         return 2;
     }
     static result res[64];
@@ -166,7 +175,7 @@ int cmd_bench(int argc, char **argv) {
         cli_opts mo = o;
         mo.model_dir = m < nmodels ? models[m] : NULL;
         mo.config_name = m >= nmodels && nconfigs ? configs[m - nmodels] : NULL;
-        if (bench_model(&mo, n_gen, n_prompt, reps, res, &nres)) rc = 1;
+        if (bench_model(&mo, n_gen, n_prompt, depth, reps, res, &nres)) rc = 1;
     }
     if (!strcmp(fmt, "md")) {
         printf("| model | size (GB read/token) | backend | test | ms/token | t/s | GB/s | %% of read BW |\n");

@@ -13,7 +13,7 @@ MPK_DEV void mpk_argmax_partial_cuda(const mpk_bf16 *logits, float *part_val, in
     for (int32_t r = 0; r < rows; r++) {
         const mpk_bf16 *l = logits + (int64_t)r * ld_logits;  // (n)
         mpk_argmax_pair best = {-INFINITY, INT32_MAX};
-        for (int32_t j = threadIdx.x; j < n; j += blockDim.x) {
+        for (int32_t j = threadIdx.x; j < n; j += MPK_DEV_THREADS) {
             const float v = mpk_bf2f(l[j]);
             if (v == v && mpk_argmax_better(v, j, best.val, best.idx)) { best.val = v; best.idx = j; }
         }
@@ -27,7 +27,7 @@ MPK_DEV void mpk_argmax_partial_cuda(const mpk_bf16 *logits, float *part_val, in
 
 MPK_DEV void mpk_argmax_reduce_cuda(const float *part_val, const int32_t *part_idx, int32_t *out,
                                     int32_t rows, int32_t P, int32_t ld_part) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = MPK_DEV_THREADS / 32;
     for (int32_t r = warp; r < rows; r += nwarps) {
         const float *v = part_val + (int64_t)r * ld_part;     // (P)
         const int32_t *id = part_idx + (int64_t)r * ld_part;  // (P)

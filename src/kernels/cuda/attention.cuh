@@ -213,7 +213,7 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
                           const mpk_batch *b, const int32_t *pt, int32_t pos, int32_t G, int32_t D,
                           int32_t page_size, int64_t page_stride, float eps, float scale,
                           mpk_bf16 *out_row, bool q_ready, const mpk_bf16 *kvs) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = MPK_DEV_THREADS / 32;
     float *qs = (float *)mpk_dyn_smem();  // (G, D), already prepared when q_ready
     float *units = qs + G * D;             // (G * C, D + 2)
     const int32_t fit = (int32_t)((MPK_DYN_SMEM_BYTES / 4 - G * D) / (G * (D + 2)));
@@ -224,7 +224,7 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
     if (!q_ready) {
         for (int32_t g = warp; g < G; g += nwarps)
             mpk_attn_prepare(qkv_row + (int64_t)g * D, q_norm, inv_freq, pos, D, eps, qs + g * D);
-        __syncthreads();
+        mpk_sync();
     }
     const int32_t nd = (D + 31) / 32;
     if (G <= 4 && (D == 64 || D == 128)) {
@@ -241,9 +241,9 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
             else
                 mpk_attn_chunk_grouped<2>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
         }
-        __syncthreads();
+        mpk_sync();
         if (MPK_ATTN_MARK == 1) mpk_mark_inputs();
-        for (int32_t i = threadIdx.x; i < G * D; i += blockDim.x) {
+        for (int32_t i = threadIdx.x; i < G * D; i += MPK_DEV_THREADS) {
             const int32_t g = i / D, d = i % D;
             float M = -INFINITY;
             for (int32_t c = 0; c < Cg; c++) M = fmaxf(M, units[((int64_t)c * G + g) * (D + 2) + D]);
@@ -257,7 +257,7 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
             }
             out_row[(int64_t)g * D + d] = mpk_f2bf(den > 0.0f ? num / den : __int_as_float(0x7fc00000));
         }
-        __syncthreads();
+        mpk_sync();
         if (MPK_ATTN_MARK == 2) mpk_mark_inputs();
         return;
     }
@@ -307,8 +307,8 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
             dst[D + 1] = l;
         }
     }
-    __syncthreads();
-    for (int32_t i = threadIdx.x; i < G * D; i += blockDim.x) {
+    mpk_sync();
+    for (int32_t i = threadIdx.x; i < G * D; i += MPK_DEV_THREADS) {
         const int32_t g = i / D, d = i % D;
         float M = -INFINITY;
         for (int32_t c = 0; c < C; c++) M = fmaxf(M, units[(int64_t)(g * C + c) * (D + 2) + D]);
@@ -322,7 +322,7 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
         }
         out_row[(int64_t)g * D + d] = mpk_f2bf(den > 0.0f ? num / den : __int_as_float(0x7fc00000));
     }
-    __syncthreads();  // qs and units are reused by the next row
+    mpk_sync();  // qs and units are reused by the next row
 }
 
 // ---- keys and values of earlier positions, copied before the task's event -----------------------
@@ -343,7 +343,7 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
 #endif
 
 MPK_DEV int32_t mpk_attn_kv_cap(int32_t G, int32_t D) {
-    const int32_t nwarps = blockDim.x / 32;
+    const int32_t nwarps = MPK_DEV_THREADS / 32;
     if (G > 4 || !(D == 64 || D == 128) || G * D + nwarps * G * (D + 2) > MPK_ATTN_KV_OFF) return 0;
     return (MPK_DYN_SMEM_BYTES / 4 - nwarps * D - MPK_ATTN_KV_OFF) / D;  // a position: 2 D bf16 = D floats
 }
@@ -369,7 +369,7 @@ MPK_DEV void mpk_attention_preload(const mpk_bf16 *k_cache, const mpk_bf16 *v_ca
     if (off_cur < 0) return;
     mpk_bf16 *kv = mpk_attn_kv_smem();
     const int32_t per = D / 8;  // 16-byte pieces of a row
-    for (int32_t i = threadIdx.x; i < pos * 2 * per; i += blockDim.x) {
+    for (int32_t i = threadIdx.x; i < pos * 2 * per; i += MPK_DEV_THREADS) {
         const int32_t t = i / (2 * per), c = i % (2 * per);
         const int64_t off = mpk_attn_cache_offset(b, pt, t, D, page_size, page_stride);
         if (off < 0) {
@@ -396,7 +396,7 @@ struct mpk_l2_ask {
 
 MPK_DEV void mpk_l2_ask_issue(const mpk_l2_ask *a) {
     const int32_t lines = (a->bytes + 127) / 128;
-    for (int32_t i = threadIdx.x; i < a->rows * lines; i += blockDim.x)
+    for (int32_t i = threadIdx.x; i < a->rows * lines; i += MPK_DEV_THREADS)
         asm volatile("prefetch.global.L2 [%0];" ::"l"(a->w + (int64_t)(i / lines) * a->ld + (i % lines) * 64));
 }
 
@@ -408,7 +408,7 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
                                 int32_t G, int32_t D, int32_t ld_qkv, int32_t ld_out,
                                 int32_t page_size, int64_t page_stride, float eps, float scale,
                                 const mpk_l2_ask *ask = nullptr) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = MPK_DEV_THREADS / 32;
     const int32_t *row_entry = MPK_BATCH_CARRAY(b, off_row_entry, int32_t);
     const int32_t *row_pos = MPK_BATCH_CARRAY(b, off_row_pos, int32_t);
     const int32_t *entry_slot = MPK_BATCH_CARRAY(b, off_entry_slot, int32_t);
@@ -416,7 +416,7 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
     const int32_t rows = b->num_tokens;
     if (G <= 0 || D <= 0) return;
     if (D > MPK_ATTN_MAX_D || (G + nwarps) * D > MPK_DYN_SMEM_BYTES / 4 || G * D + G * (D + 2) > MPK_DYN_SMEM_BYTES / 4) {
-        for (int64_t i = threadIdx.x; i < (int64_t)rows * G * D; i += blockDim.x)
+        for (int64_t i = threadIdx.x; i < (int64_t)rows * G * D; i += MPK_DEV_THREADS)
             out[(i / (G * D)) * ld_out + i % (G * D)] = mpk_f2bf(__int_as_float(0x7fc00000));
         return;
     }
@@ -460,7 +460,7 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
         if (MPK_ATTN_MARK == 3) mpk_mark_inputs();  // (thread 0 only: row 0's warp)
     }
     if (MPK_ATTN_PRELOAD) asm volatile("cp.async.wait_all;" ::: "memory");  // this thread's copies of the preload
-    __syncthreads();  // the block's cache writes are visible to all its threads after this
+    mpk_sync();  // the block's cache writes are visible to all its threads after this
     if (MPK_ATTN_MARK == 0) mpk_mark_inputs();
     if (ask) mpk_l2_ask_issue(ask);
 
@@ -494,7 +494,7 @@ MPK_DEV void mpk_attention_linear_cuda(const mpk_bf16 *qkv, mpk_bf16 *k_cache, m
                                        int32_t ld_w, int32_t page_size, int64_t page_stride,
                                        int32_t hpt, int32_t n, int32_t ld_part, float eps,
                                        float scale) {
-    const int nwarps = blockDim.x / 32;
+    const int nwarps = MPK_DEV_THREADS / 32;
     const int32_t rows = b->num_tokens, Kg = hpt * G * D;
     if (rows <= 0 || G <= 0 || D <= 0 || hpt <= 0) return;
     const int64_t top = (int64_t)MPK_DYN_SMEM_BYTES - (int64_t)nwarps * D * 4;
@@ -502,7 +502,7 @@ MPK_DEV void mpk_attention_linear_cuda(const mpk_bf16 *qkv, mpk_bf16 *k_cache, m
     const int64_t low = 4 * ((int64_t)G * D + (int64_t)nwarps * G * (D + 2));
     const int64_t xs_off = (top - bytes) & ~(int64_t)15;
     if (Kg % 8 || ld_w % 8 || !mpk_aligned16(w) || D > MPK_ATTN_MAX_D || xs_off < low) {
-        for (int64_t i = threadIdx.x; i < (int64_t)rows * n; i += blockDim.x)
+        for (int64_t i = threadIdx.x; i < (int64_t)rows * n; i += MPK_DEV_THREADS)
             part[(i / n) * ld_part + i % n] = __int_as_float(0x7fc00000);
         return;
     }
@@ -517,12 +517,12 @@ MPK_DEV void mpk_attention_linear_cuda(const mpk_bf16 *qkv, mpk_bf16 *k_cache, m
                            v_cache + (int64_t)h * page_size * D, q_norm, k_norm, inv_freq,
                            xs + (int64_t)h * G * D, b, G, D, ld_qkv, Kg, page_size, page_stride, eps, scale,
                            h == 0 ? &ask : nullptr);
-    __syncthreads();
+    mpk_sync();
     for (int32_t r0 = 0; r0 < rows; r0 += MPK_GEMV_ROWS) {
         const int32_t nr = min(MPK_GEMV_ROWS, rows - r0);
         mpk_gemv_staged_tile(xs + (int64_t)r0 * Kg, Kg, r0, nr, w, (const mpk_bf16 *)0, (mpk_bf16 *)0,
                              Kg, n, ld_w, 0, ld_part, part);
-        __syncthreads();  // the split sums' scratch is reused by the next tile
+        mpk_sync();  // the split sums' scratch is reused by the next tile
     }
 }
 

@@ -1,14 +1,20 @@
 // common.cuh — helpers every CUDA task kernel uses: bf16 as raw 16-bit words rounded exactly like
 // the CPU oracle (kernels.h), 16-byte loads, warp and block reductions. Task kernels are
-// __device__ functions run by a whole worker block (MPK_DEV_THREADS threads).
+// __device__ functions run by the MPK_DEV_THREADS task threads of a worker block.
 #ifndef MPK_KERNELS_CUDA_COMMON_CUH
 #define MPK_KERNELS_CUDA_COMMON_CUH
 
 #include <stdint.h>
 
+#include "../../runtime/cuda/abi.cuh"  // MPK_DEV_THREADS
+
 typedef uint16_t mpk_bf16;
 
 #define MPK_DEV __device__ __forceinline__
+
+// The barrier of a task: the block's MPK_DEV_THREADS task threads (named barrier 1). A block
+// that streams weights has one more warp, the producer (stream.cuh), which never joins it.
+MPK_DEV void mpk_sync() { asm volatile("bar.sync 1, %0;" ::"n"(MPK_DEV_THREADS) : "memory"); }
 
 MPK_DEV float mpk_bf2f(mpk_bf16 h) { return __uint_as_float((uint32_t)h << 16); }
 
@@ -65,11 +71,11 @@ MPK_DEV float mpk_warp_max(float v) {
 // Sum over the block; every thread gets the result. `scratch` holds 32 floats of shared memory
 // and is free again when the function returns. The order is fixed, so results are repeatable.
 MPK_DEV float mpk_block_sum(float v, float *scratch) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = MPK_DEV_THREADS / 32;
     v = mpk_warp_sum(v);
-    __syncthreads();  // scratch may still be read by a previous reduction
+    mpk_sync();  // scratch may still be read by a previous reduction
     if (lane == 0) scratch[warp] = v;
-    __syncthreads();
+    mpk_sync();
     float s = 0.0f;
     for (int i = 0; i < nwarps; i++) s += scratch[i];
     return s;
@@ -98,11 +104,11 @@ MPK_DEV mpk_argmax_pair mpk_warp_argmax(mpk_argmax_pair p) {
 
 // Block-wide argmax; every thread gets the result. `scratch` holds 32 pairs of shared memory.
 MPK_DEV mpk_argmax_pair mpk_block_argmax(mpk_argmax_pair p, mpk_argmax_pair *scratch) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = MPK_DEV_THREADS / 32;
     p = mpk_warp_argmax(p);
-    __syncthreads();
+    mpk_sync();
     if (lane == 0) scratch[warp] = p;
-    __syncthreads();
+    mpk_sync();
     mpk_argmax_pair best = scratch[0];
     for (int i = 1; i < nwarps; i++)
         if (mpk_argmax_better(scratch[i].val, scratch[i].idx, best.val, best.idx)) best = scratch[i];

@@ -8,7 +8,7 @@
 MPK_DEV void mpk_embed_cuda(const int32_t *ids, const mpk_bf16 *weight, mpk_bf16 *out,
                             int32_t rows, int32_t cols, int32_t ld_w, int32_t ld_out,
                             int32_t vocab) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = MPK_DEV_THREADS / 32;
     for (int32_t r = warp; r < rows; r += nwarps) {
         const int32_t id = ids[r];
         mpk_bf16 *o = out + (int64_t)r * ld_out;  // (cols)

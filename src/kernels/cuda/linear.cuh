@@ -28,9 +28,6 @@
 #ifndef MPK_GEMV_OUTLINE
 #define MPK_GEMV_OUTLINE __forceinline__
 #endif
-#ifndef MPK_PROBE_NO_COMPUTE
-#define MPK_PROBE_NO_COMPUTE 0  // probe only: streamed GEMVs wait for their chunks, compute nothing
-#endif
 #define MPK_GEMV_ROWS 4
 #ifndef MPK_GEMV_UNROLL
 #define MPK_GEMV_UNROLL 4
@@ -67,6 +64,13 @@ MPK_DEV int32_t mpk_gemv_split(int32_t n, int32_t K, int32_t nwarps) {
         }
     }
     return best;
+}
+
+// The sum of a column's ks partial sums (ks, nr, n) for row r, column j, in a fixed order.
+MPK_DEV float mpk_gemv_part_sum(const float *part, int32_t ks, int32_t nr, int32_t n, int32_t r, int32_t j) {
+    float sum = 0.0f;
+    for (int32_t g = 0; g < ks; g++) sum += part[((int64_t)g * nr + r) * n + j];
+    return sum;
 }
 
 // Columns of one row tile whose nr (<= MPK_GEMV_ROWS) rows are staged in xs. A task with few
@@ -149,11 +153,10 @@ __device__ MPK_GEMV_OUTLINE void mpk_gemv_staged_tile(const mpk_bf16 *xs, int32_
         }
     }
     if (ks > 1) {
-        __syncthreads();
-        for (int32_t i = threadIdx.x; i < nr * n; i += blockDim.x) {
+        mpk_sync();
+        for (int32_t i = threadIdx.x; i < nr * n; i += MPK_DEV_THREADS) {
             const int32_t r = i / n, j = i % n;
-            float sum = 0.0f;
-            for (int32_t g = 0; g < ks; g++) sum += part[((int64_t)g * nr + r) * n + j];
+            float sum = mpk_gemv_part_sum(part, ks, nr, n, r, j);
             const int64_t row = r0 + r;
             if (outf) {
                 outf[row * ld_out + j] = sum;
@@ -169,7 +172,7 @@ template <class XRows>
 __device__ MPK_GEMV_OUTLINE void mpk_gemv_direct(XRows &xr, const mpk_bf16 *w, const mpk_bf16 *res,
                                                 mpk_bf16 *out, int32_t rows, int32_t K, int32_t n,
                                                 int32_t ld_w, int32_t ld_res, int32_t ld_out, bool vec) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = MPK_DEV_THREADS / 32;
     for (int32_t r0 = 0; r0 < rows; r0 += MPK_GEMV_ROWS) {
         const int32_t nr = min(MPK_GEMV_ROWS, rows - r0);
         xr.prologue(r0, nr);
@@ -219,119 +222,140 @@ __device__ MPK_GEMV_OUTLINE void mpk_gemv_direct(XRows &xr, const mpk_bf16 *w, c
                 }
             }
         }
-        __syncthreads();  // the next tile's prologue may overwrite what this tile read
+        mpk_sync();  // the next tile's prologue may overwrite what this tile read
     }
 }
 
-// The chunk loop of mpk_gemv_streamed.
-__device__ MPK_GEMV_OUTLINE void mpk_gemv_stream_chunks(const mpk_bf16 *xs, float *part,
-                                                       const float *resv, bool res_staged,
-                                                       const mpk_bf16 *res, mpk_bf16 *out,
-                                                       int32_t rows, int32_t K, int32_t n,
-                                                       int32_t ld_res, int32_t ld_out, int32_t rpc) {
-    mpk_stream *s = mpk_stream_state();
-    const uint32_t chunks = mpk_stream_task_chunks(s);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
-    const uint32_t first = s->task_first;
+// K segments of a streamed product's columns: about 8 steps of 256 elements per unit, ks >= 1,
+// and the (ks, rows, n) partial sums within the shared scratch. n and K are the variant's
+// compile-time constants, so this folds to a constant.
+MPK_DEV int32_t mpk_gemv_stream_split(int32_t n, int32_t K, int32_t rows) {
     const int32_t blocks = (K + 255) / 256;
-    for (uint32_t c = 0; c < chunks; c++) {
-        const int32_t j0 = (int32_t)c * rpc, rc = min(rpc, n - j0);
-        int32_t ks = 1;
-        while (ks * 2 <= nwarps && rc * ks * 2 <= nwarps && ks * 2 <= blocks) ks *= 2;
-        const int32_t seg = warp % ks, step = 256 * ks;
-        float *pc = part + (c & 1u) * nwarps * rows;
-        mpk_stream_wait(s, first + c);
-        const mpk_bf16 *ws = mpk_stream_slot(first + c);  // (rc, K)
-        for (int32_t r0 = 0; r0 < (MPK_PROBE_NO_COMPUTE ? 0 : rows); r0 += MPK_GEMV_ROWS) {
-            const int32_t nr = min(MPK_GEMV_ROWS, rows - r0);
-            for (int32_t jj = warp / ks; jj < rc; jj += nwarps / ks) {
-                const mpk_bf16 *wr = ws + (int64_t)jj * K;
-                float acc[MPK_GEMV_ROWS];
-#pragma unroll
-                for (int r = 0; r < MPK_GEMV_ROWS; r++) acc[r] = 0.0f;
-                for (int32_t kb = lane * 8 + 256 * seg; kb < K; kb += step * MPK_GEMV_UNROLL) {
-                    uint4 wv[MPK_GEMV_UNROLL];
-#pragma unroll
-                    for (int u = 0; u < MPK_GEMV_UNROLL; u++)
-                        if (kb + u * step < K) wv[u] = *(const uint4 *)(wr + kb + u * step);
-#pragma unroll
-                    for (int u = 0; u < MPK_GEMV_UNROLL; u++) {
-                        const int32_t k = kb + u * step;
-                        if (k >= K) break;
-                        float wf[8];
-                        mpk_unpack8(wv[u], wf);
-#pragma unroll
-                        for (int r = 0; r < MPK_GEMV_ROWS; r++) {
-                            if (r >= nr) break;
-                            mpk_fma8(acc[r], *(const uint4 *)(xs + (int64_t)(r0 + r) * K + k), wf);
-                        }
-                    }
-                }
-#pragma unroll
-                for (int r = 0; r < MPK_GEMV_ROWS; r++)
-                    if (r < nr) acc[r] = mpk_warp_sum(acc[r]);
-                if (lane == 0) {
-                    for (int r = 0; r < nr; r++) {
-                        const int32_t row = r0 + r;
-                        if (ks > 1) {
-                            pc[((int64_t)seg * rows + row) * rc + jj] = acc[r];
-                            continue;
-                        }
-                        float v = acc[r];
-                        if (res) v += res_staged ? resv[row * n + j0 + jj] : mpk_bf2f(res[(int64_t)row * ld_res + j0 + jj]);
-                        out[(int64_t)row * ld_out + j0 + jj] = mpk_f2bf(v);
-                    }
-                }
-            }
-        }
-        __syncthreads();  // the chunk's slot is read; its partial sums are written
-        if (threadIdx.x == 0) mpk_stream_release(s);
-        if (ks > 1) {
-            for (int32_t i = threadIdx.x; i < rows * rc; i += blockDim.x) {
-                const int32_t row = i / rc, jj = i % rc;
-                float v = 0.0f;
-                for (int32_t g = 0; g < ks; g++) v += pc[((int64_t)g * rows + row) * rc + jj];
-                if (res) v += res_staged ? resv[row * n + j0 + jj] : mpk_bf2f(res[(int64_t)row * ld_res + j0 + jj]);
-                out[(int64_t)row * ld_out + j0 + jj] = mpk_f2bf(v);
-            }
-        }
-    }
+    int32_t ks = (blocks + 7) / 8;
+    while (ks > 1 && ks * rows * n > MPK_SCRATCH_FLOATS) ks--;
+    return ks;
 }
 
-// The product with the task's weights coming from the block's weight stream (stream.cuh): the
-// input rows are staged once, then each chunk of whole weight rows is multiplied as soon as it is
-// in shared memory and its slot handed back to the producer. Within a chunk of rc columns, ks
-// warps share a column (each taking every ks-th 256-element block of K, as in the staged tile
-// above) so that all warps work even on one 24 KB row; partial sums meet in shared memory
-// (double-buffered by chunk parity, so chunk c + 1 is computed while chunk c's are added up) in
-// a fixed order. False when the task has no stream or its rows do not fit: the caller reads the
-// weights itself and the runtime drains the task's chunks afterwards.
+// The product with the task's weights coming from the block's weight stream (stream.cuh), for
+// rows <= MPK_GEMV_ROWS (decode). The input rows (and the residual) are staged once; then chunk
+// c (columns [c * rpc, c * rpc + rc), whole rows of K) is multiplied as soon as it has landed, in
+// units of (column pair, K segment of ~8 steps of 256 elements). The units of the task are
+// numbered across its chunks and unit g goes to warp g % nwarps, so the warps spread over the
+// chunks on chip instead of all splitting each chunk finely; each warp releases a chunk's slot
+// when it has read its units of it, without a block barrier. Per column the lane's sum runs over
+// its elements in order, then the warp's sum, then the segments' partial sums in order: results
+// repeat run to run (they depend on ks, so on the shape). False when the task has no stream or
+// does not fit here: the caller reads the weights itself and the runtime passes the chunks.
 template <class XRows>
 MPK_DEV bool mpk_gemv_streamed(XRows &xr, const mpk_bf16 *res, mpk_bf16 *out, int32_t rows,
                                int32_t K, int32_t n, int32_t ld_res, int32_t ld_out) {
     mpk_stream *s = mpk_stream_state();
     const uint32_t chunks = mpk_stream_task_chunks(s);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
-    if (chunks == 0 || rows < 1 || K < 8 || K % 8 != 0 || !xr.vec_ok()) return false;
-    if (rows > MPK_GEMV_STAGE_ELEMS / K || 2 * nwarps * rows > MPK_SCRATCH_FLOATS) return false;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = MPK_DEV_THREADS / 32;
+    if (chunks == 0 || rows < 1 || rows > MPK_GEMV_ROWS || K < 8 || K % 8 != 0 || !xr.vec_ok()) return false;
     const int32_t rpc = (int32_t)(s->desc->stream_chunk_bytes / (2u * (uint32_t)K));  // columns per chunk
     if (rpc < 1 || (uint32_t)rpc * 2u * (uint32_t)K != s->desc->stream_chunk_bytes ||
         (int64_t)(chunks - 1) * rpc >= n || (int64_t)chunks * rpc < n)
         return false;  // not the layout the host promised: never happens, but stay correct
-    mpk_bf16 *xs = (mpk_bf16 *)mpk_dyn_smem();  // (rows, K)
-    float *part = mpk_smem()->f;                  // 2 x (ks, rows, rc) partial sums
-    float *resv = part + 2 * nwarps * rows;       // (rows, n) the residual, when it fits
-    const bool res_staged = res && (int64_t)2 * nwarps * rows + (int64_t)rows * n <= MPK_SCRATCH_FLOATS;
-    for (int32_t r0 = 0; r0 < rows; r0 += MPK_GEMV_ROWS) {  // tiles: a norm's scales are per tile
-        if (r0 > 0) __syncthreads();
-        xr.stage(r0, min(MPK_GEMV_ROWS, rows - r0), xs + (int64_t)r0 * K, K);
-    }
+    // Shared memory: the rows (rows, K) bf16, then the residual (rows, n) floats.
+    const int64_t xs_bytes = ((int64_t)rows * K * 2 + 15) / 16 * 16;
+    const bool res_staged = res != nullptr;
+    if (xs_bytes + (res_staged ? (int64_t)rows * n * 4 : 0) > MPK_DYN_SMEM_BYTES) return false;
+    mpk_bf16 *xs = (mpk_bf16 *)mpk_dyn_smem();
+    float *resv = (float *)((char *)mpk_dyn_smem() + xs_bytes);
+    const int32_t ks = mpk_gemv_stream_split(n, K, rows);
+    const int32_t blocks = (K + 255) / 256, bps = (blocks + ks - 1) / ks;  // 256-element blocks per segment
+    float *part = mpk_smem()->f;  // (ks, rows, n) partial sums when ks > 1
+    if (threadIdx.x == 0) s->used = 1;
+    xr.stage(0, rows, xs, K);
     if (res_staged)
-        for (int32_t i = threadIdx.x; i < rows * n; i += blockDim.x)
+        for (int32_t i = threadIdx.x; i < rows * n; i += MPK_DEV_THREADS)
             resv[i] = mpk_bf2f(res[(int64_t)(i / n) * ld_res + i % n]);
-    __syncthreads();
+    mpk_sync();
     mpk_mark_inputs();
-    mpk_gemv_stream_chunks(xs, part, resv, res_staged, res, out, rows, K, n, ld_res, ld_out, rpc);
+    const uint32_t first = s->task_first;
+    int32_t base = 0;  // units of the earlier chunks
+    for (uint32_t c = 0; c < chunks; c++) {
+        const int32_t j0 = (int32_t)c * rpc, rc = min(rpc, n - j0), units = (rc + 1) / 2 * ks;
+        int32_t u = (warp - base) % nwarps;
+        if (u < 0) u += nwarps;
+        if (u < units) {
+            const mpk_bf16 *ws = mpk_stream_acquire(s, first + c);  // (rc, K)
+            for (; u < units; u += nwarps) {
+                const int32_t pr = u / ks, seg = u - pr * ks, jj = 2 * pr;
+                const bool two = jj + 1 < rc;
+                const mpk_bf16 *w0 = ws + (int64_t)jj * K, *w1 = two ? w0 + K : w0;
+                float a0[MPK_GEMV_ROWS], a1[MPK_GEMV_ROWS];
+#pragma unroll
+                for (int r = 0; r < MPK_GEMV_ROWS; r++) a0[r] = a1[r] = 0.0f;
+                const int32_t kend = min(K, (seg + 1) * bps * 256);
+                for (int32_t kb = seg * bps * 256 + lane * 8; kb < kend; kb += 256 * MPK_GEMV_UNROLL) {
+                    uint4 v0[MPK_GEMV_UNROLL], v1[MPK_GEMV_UNROLL];
+#pragma unroll
+                    for (int t = 0; t < MPK_GEMV_UNROLL; t++) {
+                        const int32_t k = kb + t * 256;
+                        if (k < kend) {
+                            v0[t] = *(const uint4 *)(w0 + k);
+                            v1[t] = *(const uint4 *)(w1 + k);
+                        }
+                    }
+#pragma unroll
+                    for (int t = 0; t < MPK_GEMV_UNROLL; t++) {
+                        const int32_t k = kb + t * 256;
+                        if (k >= kend) break;
+                        float f0[8], f1[8];
+                        mpk_unpack8(v0[t], f0);
+                        mpk_unpack8(v1[t], f1);
+#pragma unroll
+                        for (int r = 0; r < MPK_GEMV_ROWS; r++) {
+                            if (r >= rows) break;
+                            const uint4 xv = *(const uint4 *)(xs + (int64_t)r * K + k);
+                            mpk_fma8(a0[r], xv, f0);
+                            mpk_fma8(a1[r], xv, f1);
+                        }
+                    }
+                }
+#pragma unroll
+                for (int r = 0; r < MPK_GEMV_ROWS; r++) {
+                    if (r >= rows) break;
+                    a0[r] = mpk_warp_sum(a0[r]);
+                    a1[r] = mpk_warp_sum(a1[r]);
+                }
+                if (lane == 0) {
+                    const int32_t j = j0 + jj;
+#pragma unroll
+                    for (int r = 0; r < MPK_GEMV_ROWS; r++) {  // (unrolled: a0, a1 stay in registers)
+                        if (r >= rows) break;
+                        if (ks > 1) {
+                            part[((int64_t)seg * rows + r) * n + j] = a0[r];
+                            if (two) part[((int64_t)seg * rows + r) * n + j + 1] = a1[r];
+                            continue;
+                        }
+                        float s0 = a0[r], s1 = a1[r];
+                        if (res_staged) s0 += resv[r * n + j];
+                        out[(int64_t)r * ld_out + j] = mpk_f2bf(s0);
+                        if (two) {
+                            if (res_staged) s1 += resv[r * n + j + 1];
+                            out[(int64_t)r * ld_out + j + 1] = mpk_f2bf(s1);
+                        }
+                    }
+                }
+            }
+        } else {
+            mpk_stream_acquire(s, first + c);  // (a phase is released only after it completed)
+        }
+        mpk_stream_release(s, first + c);
+        base += units;
+    }
+    if (ks > 1) {
+        mpk_sync();
+        for (int32_t i = threadIdx.x; i < rows * n; i += MPK_DEV_THREADS) {
+            const int32_t r = i / n, j = i % n;
+            float sum = mpk_gemv_part_sum(part, ks, rows, n, r, j);
+            if (res_staged) sum += resv[i];
+            out[(int64_t)r * ld_out + j] = mpk_f2bf(sum);
+        }
+    }
     return true;
 }
 
@@ -353,10 +377,10 @@ MPK_DEV void mpk_gemv(XRows &xr, const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf1
     for (int32_t r0 = 0; r0 < rows; r0 += tile) {
         const int32_t nr = min(tile, rows - r0);
         xr.stage(r0, nr, xs, K);
-        __syncthreads();
+        mpk_sync();
         if (r0 == 0) mpk_mark_inputs();
         mpk_gemv_staged_tile(xs, K, r0, nr, w, res, out, K, n, ld_w, ld_res, ld_out);
-        __syncthreads();  // the next tile overwrites xs
+        mpk_sync();  // the next tile overwrites xs
     }
 }
 
@@ -374,7 +398,7 @@ struct mpk_plain_rows {
     // K % 8 == 0 and 16-byte alignment hold here (vec_ok).
     MPK_DEV void stage(int32_t r0, int32_t nr, mpk_bf16 *xs, int32_t K) const {
         const int32_t per = K / 8;
-        for (int32_t i = threadIdx.x; i < nr * per; i += blockDim.x) {
+        for (int32_t i = threadIdx.x; i < nr * per; i += MPK_DEV_THREADS) {
             const int32_t r = i / per, k = (i % per) * 8;
             *(uint4 *)(xs + (int64_t)r * K + k) = mpk_ld16(x + (int64_t)(r0 + r) * ld_x + k);
         }
@@ -429,7 +453,7 @@ struct mpk_norm_rows {
             const float s = mpk_rms_scale_warp(x + (int64_t)(r0 + warp) * ld_x, K, eps);
             if (threadIdx.x % 32 == 0) scale[warp] = s;
         }
-        __syncthreads();
+        mpk_sync();
     }
     MPK_DEV void load8(int32_t r, int32_t k, float f[8]) const {
         float nw[8];
@@ -446,7 +470,7 @@ struct mpk_norm_rows {
     MPK_DEV void stage(int32_t r0, int32_t nr, mpk_bf16 *xs, int32_t) {
         const int32_t per = K / 8;
         prologue(r0, nr);  // the rows' scales, then a barrier
-        for (int32_t i = threadIdx.x; i < nr * per; i += blockDim.x) {
+        for (int32_t i = threadIdx.x; i < nr * per; i += MPK_DEV_THREADS) {
             const int32_t r = i / per, k = (i % per) * 8;
             float f[8], nw[8];
             mpk_unpack8(mpk_ld16(x + (int64_t)(r0 + r) * ld_x + k), f);
@@ -511,11 +535,11 @@ struct mpk_residual_rows {
             ss = mpk_warp_sum(ss);
             if (lane == 0) scale[warp] = 1.0f / sqrtf(ss / (float)K + eps);
         }
-        for (int32_t i = threadIdx.x; i < nr * count; i += blockDim.x) {
+        for (int32_t i = threadIdx.x; i < nr * count; i += MPK_DEV_THREADS) {
             const int32_t r = r0 + i / count, k = c0 + i % count;
             x_out[(int64_t)r * ld_xo + k] = mpk_f2bf(elem(r, k));
         }
-        __syncthreads();
+        mpk_sync();
     }
     MPK_DEV void load8(int32_t r, int32_t k, float f[8]) const {
         float nw[8];
@@ -535,13 +559,13 @@ struct mpk_residual_rows {
         const int32_t per = K / 8;
         // Four columns per thread: twice the threads that eight would keep busy.
         const int32_t per4 = K / 4;
-        for (int32_t i = threadIdx.x; i < nr * per4; i += blockDim.x) {
+        for (int32_t i = threadIdx.x; i < nr * per4; i += MPK_DEV_THREADS) {
             const int32_t r = i / per4, k = (i % per4) * 4;
             float f[4];
             elem4(r0 + r, k, f);
             *(uint2 *)(xs + (int64_t)r * K + k) = make_uint2(mpk_pack2(f[0], f[1]), mpk_pack2(f[2], f[3]));
         }
-        __syncthreads();
+        mpk_sync();
         if (warp < nr) {
             float ss = 0.0f;
             for (int32_t k = lane * 8; k < K; k += 256) {
@@ -553,12 +577,12 @@ struct mpk_residual_rows {
             ss = mpk_warp_sum(ss);
             if (lane == 0) scale[warp] = 1.0f / sqrtf(ss / (float)K + eps);
         }
-        for (int32_t i = threadIdx.x; i < nr * count; i += blockDim.x) {
+        for (int32_t i = threadIdx.x; i < nr * count; i += MPK_DEV_THREADS) {
             const int32_t r = i / count, k = c0 + i % count;
             x_out[(int64_t)(r0 + r) * ld_xo + k] = xs[(int64_t)r * K + k];
         }
-        __syncthreads();
-        for (int32_t i = threadIdx.x; i < nr * per; i += blockDim.x) {
+        mpk_sync();
+        for (int32_t i = threadIdx.x; i < nr * per; i += MPK_DEV_THREADS) {
             const int32_t r = i / per, k = (i % per) * 8;
             float f[8], nw[8];
             mpk_unpack8(*(const uint4 *)(xs + (int64_t)r * K + k), f);
@@ -590,7 +614,7 @@ struct mpk_silu_rows {
     }
     MPK_DEV void stage(int32_t r0, int32_t nr, mpk_bf16 *xs, int32_t) const {
         const int32_t per = I / 8;
-        for (int32_t i = threadIdx.x; i < nr * per; i += blockDim.x) {
+        for (int32_t i = threadIdx.x; i < nr * per; i += MPK_DEV_THREADS) {
             const int32_t r = i / per, k = (i % per) * 8;
             const mpk_bf16 *g = in + (int64_t)(r0 + r) * ld_in + k;
             float f[8], u[8];

@@ -9,7 +9,7 @@
 
 MPK_DEV void mpk_rmsnorm_cuda(const mpk_bf16 *x, const mpk_bf16 *weight, mpk_bf16 *out,
                               int32_t rows, int32_t H, int32_t ld_x, int32_t ld_out, float eps) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = MPK_DEV_THREADS / 32;
     for (int32_t r = warp; r < rows; r += nwarps) {
         const mpk_bf16 *xr = x + (int64_t)r * ld_x;  // (H)
         mpk_bf16 *o = out + (int64_t)r * ld_out;     // (H)

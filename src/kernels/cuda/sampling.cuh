@@ -29,7 +29,7 @@ MPK_DEV int32_t mpk_sample_key_id(uint64_t key) { return (int32_t)(uint32_t)key;
 MPK_DEV void mpk_bitonic_sort(uint64_t *a, int32_t n) {  // n a power of two; block-wide
     for (int32_t k = 2; k <= n; k <<= 1) {
         for (int32_t j = k >> 1; j > 0; j >>= 1) {
-            for (int32_t i = threadIdx.x; i < n; i += blockDim.x) {
+            for (int32_t i = threadIdx.x; i < n; i += MPK_DEV_THREADS) {
                 const int32_t ij = i ^ j;
                 if (ij > i) {
                     const uint64_t x = a[i], y = a[ij];
@@ -37,7 +37,7 @@ MPK_DEV void mpk_bitonic_sort(uint64_t *a, int32_t n) {  // n a power of two; bl
                     if ((x > y) == up) { a[i] = y; a[ij] = x; }
                 }
             }
-            __syncthreads();
+            mpk_sync();
         }
     }
 }
@@ -51,7 +51,7 @@ MPK_DEV int32_t mpk_sample_pow2(int32_t v) {
 // Greedy: the lowest index of the largest logit; all-NaN gives 0.
 MPK_DEV int32_t mpk_sample_greedy(const mpk_bf16 *l, int32_t V) {
     mpk_argmax_pair best = {-INFINITY, INT32_MAX};
-    for (int32_t j = threadIdx.x; j < V; j += blockDim.x) {
+    for (int32_t j = threadIdx.x; j < V; j += MPK_DEV_THREADS) {
         const float v = mpk_bf2f(l[j]);
         if (v == v && mpk_argmax_better(v, j, best.val, best.idx)) { best.val = v; best.idx = j; }
     }
@@ -67,8 +67,8 @@ MPK_DEV int32_t mpk_sample_row(const mpk_bf16 *l, int32_t V, const mpk_request_s
     const int32_t N = mpk_sample_pow2(V);
     const float temp = req->temperature;
     if (threadIdx.x == 0) { s_n = 0; s_unsorted = 0; }
-    __syncthreads();
-    for (int32_t j = threadIdx.x; j < N; j += blockDim.x) {
+    mpk_sync();
+    for (int32_t j = threadIdx.x; j < N; j += MPK_DEV_THREADS) {
         const float v = j < V ? mpk_bf2f(l[j]) : 0.0f;
         if (j < V && v == v) {
             keys[j] = mpk_sample_key(v / temp, j);
@@ -77,7 +77,7 @@ MPK_DEV int32_t mpk_sample_row(const mpk_bf16 *l, int32_t V, const mpk_request_s
             keys[j] = ~0ull;  // NaN logits and padding sort last and are never kept
         }
     }
-    __syncthreads();
+    mpk_sync();
     const int32_t n = s_n;
     if (n == 0) return 0;
     mpk_bitonic_sort(keys, N);
@@ -86,23 +86,23 @@ MPK_DEV int32_t mpk_sample_row(const mpk_bf16 *l, int32_t V, const mpk_request_s
     const int32_t k = req->top_k <= 0 || req->top_k >= n ? n : req->top_k;
 
     // e_i = expf(z_i - zmax) in parallel, stored as keys of (e, id); their sum in order.
-    for (int32_t i = threadIdx.x; i < k; i += blockDim.x)
+    for (int32_t i = threadIdx.x; i < k; i += MPK_DEV_THREADS)
         keys[i] = mpk_sample_key(expf(mpk_sample_key_value(keys[i]) - zmax), mpk_sample_key_id(keys[i]));
-    __syncthreads();
+    mpk_sync();
     if (threadIdx.x == 0) {
         float sum = 0.0f;
         for (int32_t i = 0; i < k; i++) sum += mpk_sample_key_value(keys[i]);
         s_sum = sum;
     }
-    __syncthreads();
+    mpk_sync();
     const float sum = s_sum;
-    for (int32_t i = threadIdx.x; i < N; i += blockDim.x)
+    for (int32_t i = threadIdx.x; i < N; i += MPK_DEV_THREADS)
         keys[i] = i < k ? mpk_sample_key(mpk_sample_key_value(keys[i]) / sum, mpk_sample_key_id(keys[i])) : ~0ull;
-    __syncthreads();
+    mpk_sync();
     // Runs of equal probability must be in id order; re-sort only when one is not.
-    for (int32_t i = threadIdx.x; i + 1 < k; i += blockDim.x)
+    for (int32_t i = threadIdx.x; i + 1 < k; i += MPK_DEV_THREADS)
         if ((keys[i] >> 32) == (keys[i + 1] >> 32) && keys[i] > keys[i + 1]) s_unsorted = 1;
-    __syncthreads();
+    mpk_sync();
     if (s_unsorted) mpk_bitonic_sort(keys, N);
 
     if (threadIdx.x == 0) {
@@ -126,7 +126,7 @@ MPK_DEV int32_t mpk_sample_row(const mpk_bf16 *l, int32_t V, const mpk_request_s
         }
         s_answer = answer;
     }
-    __syncthreads();
+    mpk_sync();
     return s_answer;
 }
 
@@ -155,7 +155,7 @@ __device__ __noinline__ void mpk_sampling_cuda(const mpk_bf16 *logits, int32_t *
         else
             token = mpk_sample_row(l, V, rq, row_pos[r], keys);
         if (threadIdx.x == 0) out[r] = token;
-        __syncthreads();
+        mpk_sync();
     }
 }
 

@@ -9,7 +9,7 @@
 MPK_DEV void mpk_silu_mul_cuda(const mpk_bf16 *gate, const mpk_bf16 *up, mpk_bf16 *out,
                                int32_t rows, int32_t n, int32_t ld_in, int32_t ld_out) {
     const int64_t total = (int64_t)rows * n;
-    for (int64_t i = threadIdx.x; i < total; i += blockDim.x) {
+    for (int64_t i = threadIdx.x; i < total; i += MPK_DEV_THREADS) {
         const int32_t r = (int32_t)(i / n), j = (int32_t)(i % n);
         const int64_t a = (int64_t)r * ld_in + j;
         out[(int64_t)r * ld_out + j] = mpk_f2bf(mpk_silu_mul_elem(mpk_bf2f(gate[a]), mpk_bf2f(up[a])));

@@ -1,19 +1,29 @@
 // stream.cuh — the weight stream of a worker block. Weights never depend on activations, so in
-// the static schedule (each worker's task list known at compile time) a block keeps its next
-// tasks' weights flowing into a ring of shared-memory slots with bulk asynchronous copies
-// (cp.async.bulk, completion counted on one mbarrier per slot) while it runs the current task or
-// waits for the next task's event. A GEMV task then finds its first chunks already on chip when
-// its inputs become ready, and the memory system never idles across hand-offs.
+// the static schedule (each worker's task list known at compile time) a producer warp keeps the
+// block's next tasks' weights flowing into a ring of shared-memory slots with bulk asynchronous
+// copies (cp.async.bulk), across task boundaries and event waits, while the block's task threads
+// run the current task or wait for the next task's event. A GEMV then finds its weights on chip,
+// or landing, when its inputs become ready.
 //
 // The stream is the worker's plan (mpk_dev_stream_entry: its tasks that have stream chunks, in
 // list order), repeated every iteration: task t contributes tasks[t].stream_chunks chunks (set by
 // the host, src/runtime/cuda/backend.c), chunk c being bytes [c * stream_chunk_bytes, ...) of its
-// weights, at most one slot. Chunk n of the stream goes to slot n % MPK_STREAM_NSLOTS, whose
-// mbarrier completes phase n / SLOTS. Thread 0 is the producer: it issues a chunk as soon as its
-// slot is released, so up to SLOTS chunks are in flight or waiting, and it fetches the plan entry
-// after the current one with an asynchronous copy, so crossing into the next task never waits on
-// memory. Every task consumes exactly its own chunks, in order: a body that does not use them (no
-// rows this iteration, a prefill too large to stage) is drained by the runtime after it.
+// weights (whole weight rows), one slot each. Chunk n of the stream goes to slot n % SLOTS; the
+// slot's `full` mbarrier completes phase n / SLOTS when the chunk has landed, its `empty`
+// mbarrier when every task warp has read it (one arrival per warp, no block barrier per chunk).
+//
+// The producer is one lane of the block's last warp (warp MPK_DEV_THREADS / 32, outside the task
+// threads' barrier mpk_sync). It issues chunk n once slot n % SLOTS is empty and chunk
+// n - MPK_STREAM_INFLIGHT has landed: the ring holds up to SLOTS chunks ahead, but only
+// MPK_STREAM_INFLIGHT travel at a time, because every byte in flight queues ahead of the block's
+// latency-bound loads (input rows, event polls) and delays the release fence of each publish.
+// Measured in the probe bench/probes/runahead.cu (H100, bench/NOTES.md v11): 6 slots of 32 KB,
+// all in flight: 0.6B-shaped chain 980 us/token against 930 with one in flight (direct loads
+// 1037); smaller chunks lose (8 KB: 1190).
+//
+// Every task consumes exactly its own chunks, in order: a body that does not use them (no rows
+// this iteration, a prefill too large for the streamed product) leaves them to the runtime, whose
+// task warps pass them (wait, release) after the task (mpk_stream_pass).
 #ifndef MPK_KERNELS_CUDA_STREAM_CUH
 #define MPK_KERNELS_CUDA_STREAM_CUH
 
@@ -21,32 +31,39 @@
 #include "../task.h"
 #include "common.cuh"
 
-// Off by default (0 slots, no ring): measured on the H100 (bench/NOTES.md, v6), the stream as it
-// stands is slower than each task reading its own weights (Qwen3-8B 9.0 against 7.2 ms/token),
-// although a plain ring of the same shape streams at 3.05 TB/s (bench/probes/bulk_ring.cu), and
-// its shared memory takes the L1 space that the direct loads need in flight. To try it: build
-// with MPK_NVCC_FLAGS="-DMPK_STREAM_SLOTS=4 -DMPK_DYN_SMEM_BYTES=81920" and run with
-// MPK_CUDA_STREAM=1 (the host then plans the chunks; without a ring the plan is ignored).
+// Off by default (0 slots: no ring, no producer warp, the block is MPK_DEV_THREADS threads).
+// Measured in the megakernel (H100, bench/NOTES.md v11, same call): Qwen3-0.6B 1.180 against
+// 1.037 ms/token, 1.7B 2.191 against 1.801. No stage got faster (1.7B qkv 9.8 against 9.1 us:
+// the weights do not arrive ahead of the hand-off as they did in the probe, whose direct loads
+// were slower than the megakernel's GEMV), every publish waits ~1.2 us longer (its release fence
+// waits for the chunk in flight), attention slows from 7 to 12.5 us per task (cause not found;
+// holding the producer during it did not help), and the producer warp costs a task warp (the register file holds 12 warps of 168
+// registers; 13 warps get 128 and spill), which alone costs the down projection 4 us per layer.
+// The results are correct (end-to-end checks pass with it on). To build it:
+// MPK_NVCC_FLAGS="-DMPK_STREAM_SLOTS=4 -DMPK_DYN_SMEM_BYTES=65536 -DMPK_DEV_THREADS=352", and run
+// with MPK_CUDA_STREAM=1 (the host then plans the chunks; without a ring the plan is ignored).
 #ifndef MPK_STREAM_SLOTS
 #define MPK_STREAM_SLOTS 0
 #endif
+#ifndef MPK_STREAM_INFLIGHT
+#define MPK_STREAM_INFLIGHT 1
+#endif
+
 #define MPK_STREAM_NSLOTS (MPK_STREAM_SLOTS > 0 ? MPK_STREAM_SLOTS : 1)  // for arrays and modulo
 #define MPK_STREAM_SLOT_BYTES MPK_DEV_STREAM_SLOT_BYTES
 #define MPK_STREAM_RING_BYTES (MPK_STREAM_SLOTS * MPK_STREAM_SLOT_BYTES)
+// Threads of a worker block: the task threads, and the producer warp when there is a ring.
+#define MPK_BLOCK_THREADS (MPK_DEV_THREADS + (MPK_STREAM_SLOTS > 0 ? 32 : 0))
 
 struct mpk_stream {
-    unsigned long long full[MPK_STREAM_NSLOTS];  // mbarriers: the slot's chunk has arrived
-    alignas(16) mpk_dev_stream_entry next;      // the plan entry after the current one (landing)
-    uint32_t produced;    // chunks issued since the launch (thread 0)
-    uint32_t consumed;    // chunks released
-    int32_t active;       // 0: no stream (dynamic modes, or the worker has nothing to stream)
-    // The producer's cursor: plan entry e of [p0, p1), its next chunk and layout.
-    const mpk_dev_stream_entry *plan;
-    int32_t p0, p1, e;
-    uint32_t chunk, chunks, chunk_bytes, total_bytes;
-    const char *src;
+    unsigned long long full[MPK_STREAM_NSLOTS];   // mbarriers: the slot's chunk has landed
+    unsigned long long empty[MPK_STREAM_NSLOTS];  // mbarriers: every task warp has read it
+    int32_t active;        // the producer streams this worker's plan (static mode)
+    int32_t stop;          // set when the task threads leave: the producer stops and drains
+    uint32_t consumed;     // chunks of the tasks run so far (thread 0)
+    uint32_t task_first;   // the running task's first chunk (set by thread 0 before its body)
+    int32_t used;          // the running task's body consumed its chunks
     const mpk_task_desc *desc;  // the running task's descriptor (the block's shared copy)
-    uint32_t task_first;        // its first chunk (set by the runtime before the body runs)
 };
 
 MPK_DEV mpk_stream *mpk_stream_state() {
@@ -69,107 +86,96 @@ MPK_DEV uint32_t mpk_stream_task_chunks(const mpk_stream *s) {
     return s->active ? s->desc->stream_chunks : 0u;
 }
 
-// Thread 0, before a task's body: its chunks are the next ones of the stream.
-MPK_DEV void mpk_stream_begin_task(mpk_stream *s) {
-    if (MPK_STREAM_SLOTS > 0) s->task_first = s->consumed;
+MPK_DEV bool mpk_mbar_test(uint32_t bar, uint32_t parity) {
+    uint32_t done;
+    asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                 " selp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+    return done != 0;
 }
 
-// Waits until chunk n has arrived (any number of threads may wait).
-MPK_DEV void mpk_stream_wait(const mpk_stream *s, uint32_t n) {
-    const uint32_t bar = mpk_smem_addr(&s->full[n % MPK_STREAM_NSLOTS]);
-    const uint32_t parity = (n / MPK_STREAM_NSLOTS) & 1u;
-    uint32_t done = 0;
-    while (!done)
-        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-                     " selp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+// Task warps (all lanes): chunk n has landed; returns its slot.
+MPK_DEV const mpk_bf16 *mpk_stream_acquire(mpk_stream *s, uint32_t n) {
+    const uint32_t bar = mpk_smem_addr(&s->full[n % MPK_STREAM_NSLOTS]), parity = (n / MPK_STREAM_NSLOTS) & 1u;
+    while (!mpk_mbar_test(bar, parity)) {
+    }
+    return mpk_stream_slot(n);
 }
 
-// Thread 0: the current entry becomes what `next` holds, and the entry after it starts landing.
-MPK_DEV void mpk_stream_take_next(mpk_stream *s) {
-    asm volatile("cp.async.wait_all;" ::: "memory");
-    s->src = (const char *)s->next.src;
-    s->total_bytes = s->next.bytes;
-    s->chunk_bytes = s->next.chunk_bytes;
-    s->chunks = (s->total_bytes + s->chunk_bytes - 1) / s->chunk_bytes;
-    s->chunk = 0;
-    const int32_t after = s->e + 1 < s->p1 ? s->e + 1 : s->p0;
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 16;" ::"r"(mpk_smem_addr(&s->next)), "l"(s->plan + after)
-                 : "memory");
+// Task warps (all lanes), once the warp has read chunk n: its share of the slot's release.
+MPK_DEV void mpk_stream_release(mpk_stream *s, uint32_t n) {
+    __syncwarp();
+    if (threadIdx.x % 32 == 0)
+        asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(mpk_smem_addr(&s->empty[n % MPK_STREAM_NSLOTS]))
+                     : "memory");
 }
 
-// Producer (thread 0): issue chunks until the ring is full.
-MPK_DEV void mpk_stream_fill(mpk_stream *s) {
-    while (s->active && s->produced - s->consumed < MPK_STREAM_SLOTS) {
-        if (s->chunk >= s->chunks) {  // on to the next entry (wrapping: the next iteration)
-            s->e = s->e + 1 < s->p1 ? s->e + 1 : s->p0;
-            mpk_stream_take_next(s);
-            continue;
-        }
-        const uint32_t off = s->chunk * s->chunk_bytes;
-        const uint32_t bytes = min(s->chunk_bytes, s->total_bytes - off);
-        const uint32_t n = s->produced;
-        const uint32_t bar = mpk_smem_addr(&s->full[n % MPK_STREAM_NSLOTS]);
-        const uint32_t dst = mpk_smem_addr(mpk_stream_slot(n));
-        // The slot's previous chunk was read by the block before the barrier that released it,
-        // which orders those reads before this copy's writes.
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                     ::"r"(dst), "l"(s->src + off), "r"(bytes), "r"(bar) : "memory");
-        s->chunk++;
-        s->produced++;
+// Task warps: chunks [first, first + count) pass unread.
+MPK_DEV void mpk_stream_pass(mpk_stream *s, uint32_t first, uint32_t count) {
+    for (uint32_t c = 0; c < count; c++) {
+        mpk_stream_acquire(s, first + c);
+        mpk_stream_release(s, first + c);
     }
 }
 
-// Every block, thread 0, before anything else: no stream until mpk_stream_start.
-MPK_DEV void mpk_stream_off(mpk_stream *s, const mpk_task_desc *desc) {
-    s->active = 0;
-    s->produced = s->consumed = 0;
-    s->task_first = 0;
+// The producer: waits for a phase, or returns false once the task threads have left.
+MPK_DEV bool mpk_stream_wait_or_stop(const mpk_stream *s, uint32_t bar, uint32_t parity) {
+    for (uint32_t spins = 0;; spins++) {
+        if (mpk_mbar_test(bar, parity)) return true;
+        if ((spins & 15u) == 15u && *(const volatile int32_t *)&s->stop) return false;
+    }
+}
+
+// Thread 0 of a static worker, before the block's first barrier: the stream over plan[p0, p1)
+// begins (the producer starts after that barrier).
+MPK_DEV void mpk_stream_init(mpk_stream *s, const mpk_task_desc *desc, bool on) {
+    s->active = MPK_STREAM_SLOTS > 0 && on;
+    s->stop = 0;
+    s->consumed = s->task_first = 0;
+    s->used = 0;
     s->desc = desc;
-}
-
-// Thread 0 of a static worker: its stream over plan[p0, p1) begins (the block synchronises
-// before any task runs).
-MPK_DEV void mpk_stream_start(mpk_stream *s, const mpk_dev_stream_entry *plan, int32_t p0, int32_t p1) {
-    if (MPK_STREAM_SLOTS == 0 || !plan || p1 <= p0) return;
-    for (int i = 0; i < MPK_STREAM_SLOTS; i++)
-        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(mpk_smem_addr(&s->full[i])) : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    s->plan = plan;
-    s->p0 = p0;
-    s->p1 = p1;
-    s->e = p0;
-    s->next = plan[p0];
-    mpk_stream_take_next(s);
-    s->active = 1;
-    mpk_stream_fill(s);
-}
-
-// Thread 0, after the block has finished reading chunk n (a barrier in between): its slot is free.
-MPK_DEV void mpk_stream_release(mpk_stream *s) {
-    s->consumed++;
-    mpk_stream_fill(s);
-}
-
-// Thread 0, after a task's body and a barrier: drains what the body did not consume of its
-// `chunks` (read from the descriptor before the barrier).
-MPK_DEV void mpk_stream_drain_task(mpk_stream *s, uint32_t chunks) {
-    while (s->consumed - s->task_first < chunks) {
-        mpk_stream_wait(s, s->consumed);
-        mpk_stream_release(s);
-    }
-}
-
-// Thread 0, before the block exits: no copy may still be writing its shared memory.
-MPK_DEV void mpk_stream_finish(mpk_stream *s) {
     if (!s->active) return;
-    s->active = 0;  // fill issues nothing more
-    while (s->consumed != s->produced) {
-        mpk_stream_wait(s, s->consumed);
-        s->consumed++;
+    for (int i = 0; i < MPK_STREAM_SLOTS; i++) {
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(mpk_smem_addr(&s->full[i])) : "memory");
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(mpk_smem_addr(&s->empty[i])),
+                     "r"(MPK_DEV_THREADS / 32) : "memory");
     }
-    asm volatile("cp.async.wait_all;" ::: "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+
+// The producer lane: the worker's plan, entry after entry, iteration after iteration, until the
+// task threads leave; then it waits for its copies in flight, so that none outlives the block.
+MPK_DEV void mpk_stream_produce(mpk_stream *s, const mpk_dev_stream_entry *plan, int32_t p0, int32_t p1) {
+    if (MPK_STREAM_SLOTS == 0 || !s->active || p1 <= p0) return;
+    uint32_t n = 0;  // chunks issued
+    mpk_dev_stream_entry next = plan[p0];
+    for (int32_t e = p0; !*(const volatile int32_t *)&s->stop; e = e + 1 < p1 ? e + 1 : p0) {
+        const mpk_dev_stream_entry en = next;
+        next = plan[e + 1 < p1 ? e + 1 : p0];  // (loaded while this entry streams)
+        const char *src = (const char *)(uintptr_t)en.src;
+        for (uint32_t off = 0; off < en.bytes; off += en.chunk_bytes, n++) {
+            const uint32_t bytes = min(en.chunk_bytes, en.bytes - off), slot = n % MPK_STREAM_NSLOTS;
+            const uint32_t full = mpk_smem_addr(&s->full[slot]);
+            if (n >= (uint32_t)MPK_STREAM_NSLOTS &&
+                !mpk_stream_wait_or_stop(s, mpk_smem_addr(&s->empty[slot]), (n / MPK_STREAM_NSLOTS - 1u) & 1u))
+                goto drain;
+            if (n >= (uint32_t)MPK_STREAM_INFLIGHT) {
+                const uint32_t m = n - MPK_STREAM_INFLIGHT;
+                if (!mpk_stream_wait_or_stop(s, mpk_smem_addr(&s->full[m % MPK_STREAM_NSLOTS]), (m / MPK_STREAM_NSLOTS) & 1u))
+                    goto drain;
+            }
+            asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(full), "r"(bytes) : "memory");
+            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                         ::"r"(mpk_smem_addr(mpk_stream_slot(n))), "l"(src + off), "r"(bytes), "r"(full) : "memory");
+        }
+    }
+drain:
+    // The last chunks issued (at most SLOTS: earlier slots were waited empty, so landed) land.
+    for (uint32_t m = n > (uint32_t)MPK_STREAM_NSLOTS ? n - MPK_STREAM_NSLOTS : 0u; m < n; m++) {
+        const uint32_t bar = mpk_smem_addr(&s->full[m % MPK_STREAM_NSLOTS]), parity = (m / MPK_STREAM_NSLOTS) & 1u;
+        while (!mpk_mbar_test(bar, parity)) {
+        }
+    }
 }
 
 #endif  // MPK_KERNELS_CUDA_STREAM_CUH

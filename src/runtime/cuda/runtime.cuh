@@ -60,7 +60,19 @@ __device__ __forceinline__ unsigned long long *mpk_counter(const mpk_dev_args &a
 __device__ __forceinline__ bool mpk_aborted(const mpk_dev_args &a) { return *a.abort_flag != 0; }
 
 #ifndef MPK_POLL_MAX_NS
-#define MPK_POLL_MAX_NS 256u  // the longest sleep between two polls
+#define MPK_POLL_MAX_NS 256u  // the longest sleep between two polls of a short wait
+#endif
+// A wait that has lasted MPK_POLL_LONG_SPINS polls (~8 us) is a long one (attention over a long
+// context, while every other worker waits for it): its polls back off to MPK_POLL_LONG_MAX_NS.
+// Measured on the H100 (bench/NOTES.md v11), Qwen3-1.7B decode at depth 1024: 18.7 ms/token
+// with every poll 256 ns apart, 2.9 with 1024 (the waiters' polls slow the 8 attention tasks
+// down), while a 1024 ns cap for every wait costs short-context decode 2.5% (the hand-offs
+// between stages are short waits, woken late).
+#ifndef MPK_POLL_LONG_SPINS
+#define MPK_POLL_LONG_SPINS 32u
+#endif
+#ifndef MPK_POLL_LONG_MAX_NS
+#define MPK_POLL_LONG_MAX_NS 1024u
 #endif
 // Polls until *p >= target (acquire), with a short back-off; false when the run is aborted.
 // One thread calls it.
@@ -69,10 +81,11 @@ __device__ bool mpk_wait_geq(const mpk_dev_args &a, const unsigned long long *p,
     if (mpk_ld_acquire(p) >= target) return true;
     // Back off between polls: 132 blocks polling one counter back to back slow down the very
     // increments they wait for (measured: Qwen3-0.6B 1.7 -> 3.6 ms/token without the sleep).
-    unsigned ns = 32;
+    unsigned ns = 32, cap = MPK_POLL_MAX_NS;
     for (unsigned spins = 1;; spins++) {
         __nanosleep(ns);
-        if (ns < MPK_POLL_MAX_NS) ns <<= 1;
+        if (spins == MPK_POLL_LONG_SPINS) cap = MPK_POLL_LONG_MAX_NS;
+        if (ns < cap) ns <<= 1;
         if (mpk_ld_acquire(p) >= target) return true;
         if ((spins & 63) == 0 && mpk_aborted(a)) return false;
     }
@@ -188,6 +201,9 @@ struct mpk_worker_shared {
 #endif
 __device__ __forceinline__ void mpk_prefetch_weights(const mpk_task_desc &d) {
     if (!d.prefetch_bytes) return;
+    // A streamed task's weights come through the ring (stream.cuh); more bytes in flight would
+    // only queue ahead of the block's own loads.
+    if (MPK_STREAM_SLOTS > 0 && d.stream_chunks && mpk_stream_state()->active) return;
     const char *base = (const char *)d.operand[d.prefetch_operand];
     const uint32_t bytes = d.prefetch_bytes < MPK_PREFETCH_BYTES ? d.prefetch_bytes : MPK_PREFETCH_BYTES;
 #if MPK_PREFETCH_BULK
@@ -195,7 +211,7 @@ __device__ __forceinline__ void mpk_prefetch_weights(const mpk_task_desc &d) {
     if (threadIdx.x == 0 && ((uintptr_t)base & 15u) == 0 && bytes >= 16u)
         asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base), "r"(bytes & ~15u) : "memory");
 #else
-    for (uint32_t off = threadIdx.x * 128u; off < bytes; off += blockDim.x * 128u)
+    for (uint32_t off = threadIdx.x * 128u; off < bytes; off += MPK_DEV_THREADS * 128u)
         asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off));
 #endif
 }
@@ -228,7 +244,8 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
     mpk_stream *stream = mpk_stream_state();
     if (threadIdx.x == 0) {
         if (prof) sh->t_wait = mpk_globaltimer();
-        mpk_stream_begin_task(stream);
+        stream->task_first = stream->consumed;  // (its chunks are the stream's next ones)
+        stream->used = 0;
         mpk_dev_worker_status *ws = &a.worker_status[w];
         ws->task = t;
         ws->iteration = (int32_t)iter;
@@ -245,7 +262,7 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
             sh->t_start = mpk_globaltimer();
         }
     }
-    __syncthreads();
+    mpk_sync();
     if (!sh->flag) return false;
     if (!mpk_dispatch_task(d, a.batch, sh->num_tokens) && threadIdx.x == 0) mpk_device_error(a, t);
     // Read what the triggers need before the barrier: past it, warp 1 may already be copying
@@ -253,8 +270,10 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
     const uint32_t trig_begin = d.trigger_begin, trig_end = d.trigger_end;
     const uint16_t task_type = d.type;
     const uint32_t stream_chunks = mpk_stream_task_chunks(stream);
+    const uint32_t stream_first = stream->task_first;
+    const bool stream_used = stream->used != 0;  // (set before a barrier of the body)
     const uint32_t task_layer = d.layer;
-    __syncthreads();
+    mpk_sync();
     if (threadIdx.x == 0) {
         const int64_t t_body = prof ? mpk_globaltimer() : 0;
         // One release fence orders the block's outputs (the barrier above made them this
@@ -278,9 +297,6 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
                               &a.event_queue_tail[s], a.event_queue_capacity, v);
             }
         }
-        // Chunks the body did not use (no rows this iteration, a prefill too large to stage)
-        // are waited for and released, after the triggers so that successors start first.
-        mpk_stream_drain_task(stream, stream_chunks);
         a.worker_status[w].state = MPK_DEV_W_IDLE;
         if (prof) {
             const unsigned int n = sh->profiled++;
@@ -302,6 +318,12 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
             }
         }
     }
+    // Chunks the body did not use (no rows this iteration, a prefill the streamed product does
+    // not take) pass unread, after the triggers so that successors start first.
+    if (stream_chunks) {
+        if (!stream_used) mpk_stream_pass(stream, stream_first, stream_chunks);
+        if (threadIdx.x == 0) stream->consumed = stream_first + stream_chunks;
+    }
     return true;
 }
 
@@ -319,19 +341,16 @@ __device__ bool mpk_dispatch_at_begin(const mpk_dev_args &a, const mpk_task_desc
 // the END event and runs prepare_next_batch.
 __device__ void mpk_worker_static(const mpk_dev_args &a, mpk_worker_shared *sh, int32_t w) {
     if (w == 0 && threadIdx.x == 0) mpk_iteration_step(a, 0);  // begins iteration 1 (or stops)
-    // The weight stream follows this worker's list from its first task, across iterations.
-    if (threadIdx.x == 0 && a.stream_plan)
-        mpk_stream_start(mpk_stream_state(), a.stream_plan, a.stream_plan_begin[w], a.stream_plan_begin[w + 1]);
     const unsigned long long n0 = a.events[0].num_triggers;
     for (uint32_t iter = 1;; iter++) {
         if (threadIdx.x == 0) {
             bool ok = mpk_wait_geq(a, mpk_counter(a, 0), n0 * iter);
             sh->flag = ok && *(volatile int32_t *)&a.control->stop == 0;
         }
-        __syncthreads();
+        mpk_sync();
         const bool go = sh->flag;
         const int32_t nt = go ? *(volatile int32_t *)&a.batch->num_tokens : 0;  // after the acquire of event 0
-        __syncthreads();
+        mpk_sync();
         if (!go) return;
         const int32_t i0 = a.worker_task_begin[w], i1 = a.worker_task_begin[w + 1];
         for (int32_t i = i0; i < i1; i++) {
@@ -363,9 +382,9 @@ __device__ void mpk_worker_dynamic(const mpk_dev_args &a, mpk_worker_shared *sh,
             }
             sh->entry = v;
         }
-        __syncthreads();
+        mpk_sync();
         const unsigned long long v = sh->entry;
-        __syncthreads();
+        mpk_sync();
         if (v == 0 || (v & 0xffffffffull) == MPK_QUEUE_TERMINATE) return;
         const uint32_t iter = (uint32_t)(v >> 32);
         if ((v & 0xffffffffull) == MPK_QUEUE_ITERATION) {
@@ -448,13 +467,16 @@ __device__ void mpk_scheduler(const mpk_dev_args &a, int32_t s) {
 // ---- the kernel ---------------------------------------------------------------------------------
 
 // Blocks [0, num_workers) are workers; the rest hold MPK_DEV_SCHEDULERS_PER_BLOCK scheduler
-// warps each (static mode launches none).
-__global__ void __launch_bounds__(MPK_DEV_THREADS, 1) mpk_megakernel(const __grid_constant__ mpk_dev_args a) {
+// warps each (static mode launches none). With a weight-stream ring every block has one warp
+// more than its task threads: a static worker's producer (stream.cuh).
+__global__ void __launch_bounds__(MPK_BLOCK_THREADS, 1) mpk_megakernel(const __grid_constant__ mpk_dev_args a) {
     const bool prof = a.profiling != 0;
     __shared__ mpk_worker_shared sh;
     const int32_t blk = (int32_t)blockIdx.x;
+    const bool streams = blk < a.num_workers && a.num_schedulers == 0 && a.stream_plan &&
+                         a.stream_plan_begin[blk + 1] > a.stream_plan_begin[blk];
     if (threadIdx.x == 0) {
-        mpk_stream_off(mpk_stream_state(), &sh.desc);  // a static worker starts it
+        mpk_stream_init(mpk_stream_state(), &sh.desc, streams);
         sh.profiled = 0;
         mpk_smem()->marking = prof;
         mpk_smem()->inputs_mark = 0;
@@ -462,12 +484,18 @@ __global__ void __launch_bounds__(MPK_DEV_THREADS, 1) mpk_megakernel(const __gri
         mpk_smem()->pre_bad = 0;
     }
     __syncthreads();
+    if (threadIdx.x >= MPK_DEV_THREADS) {  // the producer warp: one lane streams, the rest leave
+        if (threadIdx.x == MPK_DEV_THREADS && streams)
+            mpk_stream_produce(mpk_stream_state(), a.stream_plan, a.stream_plan_begin[blk], a.stream_plan_begin[blk + 1]);
+        return;
+    }
     if (blk < a.num_workers) {
         if (a.num_schedulers == 0)
             mpk_worker_static(a, &sh, blk);
         else
             mpk_worker_dynamic(a, &sh, blk);
-        if (threadIdx.x == 0) mpk_stream_finish(mpk_stream_state());  // no copy outlives the block
+        // The producer stops, and waits for its copies in flight before its warp leaves.
+        if (threadIdx.x == 0) *(volatile int32_t *)&mpk_stream_state()->stop = 1;
         if (threadIdx.x == 0 && a.worker_status[blk].state != MPK_DEV_W_WAITING)
             a.worker_status[blk].state = MPK_DEV_W_EXITED;
         return;
@@ -598,7 +626,7 @@ int mpk_dev_launch(const mpk_dev_args *args, int *blocks) {
     // leaves the rest to the L1 cache.
     const size_t dyn = MPK_DYN_SMEM_BYTES + MPK_STREAM_RING_BYTES;
     MPK_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dyn));
-    MPK_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, MPK_DEV_THREADS, dyn));
+    MPK_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, MPK_BLOCK_THREADS, dyn));
     if (per_sm < 1 || grid > sms) {
         snprintf(mpk_dev_error_text, sizeof mpk_dev_error_text,
                  "%d workers + %d scheduler blocks (%d schedulers / %d) = %d blocks do not fit "
@@ -608,7 +636,7 @@ int mpk_dev_launch(const mpk_dev_args *args, int *blocks) {
         return MPK_DEV_ERR_LIMIT;
     }
     void *params[] = {(void *)args};
-    MPK_CUDA_CHECK(cudaLaunchCooperativeKernel(fn, dim3(grid), dim3(MPK_DEV_THREADS), params,
+    MPK_CUDA_CHECK(cudaLaunchCooperativeKernel(fn, dim3(grid), dim3(MPK_BLOCK_THREADS), params,
                                                dyn, mpk_dev_stream));
     return MPK_DEV_OK;
 }
