@@ -107,16 +107,29 @@ MPK_DEV int64_t mpk_attn_cache_offset(const mpk_batch *b, const int32_t *page_ta
 #ifndef MPK_ATTN_ROUND
 #define MPK_ATTN_ROUND 2
 #endif
+// Long chunks (a warp's share of a long context, from MPK_ATTN_LONG_CHUNK positions) may take
+// MPK_ATTN_ROUND_LONG positions per round instead. Measured (H100, bench/NOTES.md v11; same tokens
+// at every size): 4 against 2, Qwen3-8B decode at depth 4096 16.94 against 17.59 ms/token but
+// 6.014 against 5.999 at depth 0 (spills); Qwen3-1.7B at depth 4096 9.54 with 2 and 4, 9.03 with 8
+// (which spills in attention). The rounds are not what bounds long-context attention, so the
+// default stays 2; spreading the positions over more workers is the way (NOTES "Next" 1).
+#ifndef MPK_ATTN_ROUND_LONG
+#define MPK_ATTN_ROUND_LONG 2
+#endif
+#ifndef MPK_ATTN_LONG_CHUNK
+#define MPK_ATTN_LONG_CHUNK 64
+#endif
 
 // The decode fast path of mpk_attn_row for G <= 4 heads and D = 32 * ND: each warp takes one
 // chunk of positions for all G heads at once (a key and value row is loaded once for the group),
-// MPK_ATTN_ROUND positions at a time so that their loads are in flight together, and leaves per
+// R positions at a time (MPK_ATTN_ROUND, or MPK_ATTN_ROUND_LONG for a long chunk) so that their
+// loads are in flight together, and leaves per
 // head (acc[D], max, sum) in shared memory for the combine. The cache offsets of the chunk's
 // positions are looked up once, one per lane (32 at a time), and shuffled to the rounds: one
 // dependent page-table round trip per chunk instead of one per round (measured,
 // bench/NOTES.md v10: Qwen3-0.6B -5%, 1.7B -2%, 8B -1.5% per token).
 // kvs (or null): positions [t0, t1) already in shared memory, (position, key | value, D) bf16.
-template <int ND>
+template <int ND, int R>
 MPK_DEV void mpk_attn_chunk_grouped(const float *qs, const mpk_bf16 *k_cache, const mpk_bf16 *v_cache,
                                     const mpk_batch *b, const int32_t *pt, int32_t t0, int32_t t1,
                                     int32_t G, int32_t D, int32_t page_size, int64_t page_stride,
@@ -134,17 +147,17 @@ MPK_DEV void mpk_attn_chunk_grouped(const float *qs, const mpk_bf16 *k_cache, co
         }
     }
     int64_t lane_off = -1;  // the cache offset of position t0 + 32 i + lane (this round of 32)
-    for (int32_t t = t0; t < t1; t += MPK_ATTN_ROUND) {
-        int64_t off[MPK_ATTN_ROUND];
-        float kf[MPK_ATTN_ROUND][ND], vv[MPK_ATTN_ROUND][ND];
-        if (!kvs && ((t - t0) & 31) == 0) {  // (t advances by MPK_ATTN_ROUND, which divides 32)
+    for (int32_t t = t0; t < t1; t += R) {
+        int64_t off[R];
+        float kf[R][ND], vv[R][ND];
+        if (!kvs && ((t - t0) & 31) == 0) {  // (t advances by R, which divides 32)
             const int32_t p = t + lane;
             lane_off = p < t1 ? mpk_attn_cache_offset(b, pt, p, D, page_size, page_stride) : -1;
         }
         // Keys and values of the round's positions in one round of loads (the values do not wait
         // for the scores).
 #pragma unroll
-        for (int j = 0; j < MPK_ATTN_ROUND; j++) {
+        for (int j = 0; j < R; j++) {
             if (kvs) {
                 off[j] = t + j < t1 ? (int64_t)(t + j) * 2 * D : -1;
 #pragma unroll
@@ -161,9 +174,9 @@ MPK_DEV void mpk_attn_chunk_grouped(const float *qs, const mpk_bf16 *k_cache, co
                 vv[j][i] = off[j] >= 0 ? mpk_bf2f(v_cache[off[j] + lane + 32 * i]) : 0.0f;
             }
         }
-        float sc[MPK_ATTN_ROUND][4];
+        float sc[R][4];
 #pragma unroll
-        for (int j = 0; j < MPK_ATTN_ROUND; j++)
+        for (int j = 0; j < R; j++)
 #pragma unroll
             for (int g = 0; g < 4; g++) {
                 float p = 0.0f;
@@ -172,7 +185,7 @@ MPK_DEV void mpk_attn_chunk_grouped(const float *qs, const mpk_bf16 *k_cache, co
                 sc[j][g] = g < G ? mpk_warp_sum(p) * scale : 0.0f;
             }
 #pragma unroll
-        for (int j = 0; j < MPK_ATTN_ROUND; j++) {
+        for (int j = 0; j < R; j++) {
             if (off[j] < 0) continue;
             const float *vf = vv[j];
 #pragma unroll
@@ -236,10 +249,15 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
         if (warp < Cg) {
             const int32_t t0 = warp * chunk, t1 = min(pos + 1, t0 + chunk);
             float *unit = units + (int64_t)warp * G * (D + 2);
-            if (D == 128)
-                mpk_attn_chunk_grouped<4>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
+            const bool lng = t1 - t0 >= MPK_ATTN_LONG_CHUNK;
+            if (D == 128 && lng)
+                mpk_attn_chunk_grouped<4, MPK_ATTN_ROUND_LONG>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
+            else if (D == 128)
+                mpk_attn_chunk_grouped<4, MPK_ATTN_ROUND>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
+            else if (lng)
+                mpk_attn_chunk_grouped<2, MPK_ATTN_ROUND_LONG>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
             else
-                mpk_attn_chunk_grouped<2>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
+                mpk_attn_chunk_grouped<2, MPK_ATTN_ROUND>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
         }
         mpk_sync();
         if (MPK_ATTN_MARK == 1) mpk_mark_inputs();
