@@ -5,24 +5,7 @@
 // Prints GB/s for: plain 16-byte loads (8 in flight per thread), the ring with several slot
 // counts and sizes, with and without the block reading each slot before releasing it, and both
 // with grid-wide hand-offs between task-sized slices (the megakernel's shape, `layered`).
-#include <cstdio>
-#include <cstdint>
-#include <cuda_runtime.h>
-
-#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s: %s\n", #x, cudaGetErrorString(e)); return 1; } } while (0)
-
-__global__ void __launch_bounds__(512, 1) plain(const uint4 *p, size_t n, unsigned *sink) {
-    unsigned acc = 0;
-    const size_t stride = (size_t)gridDim.x * blockDim.x;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i + 7 * stride < n; i += 8 * stride) {
-        uint4 v[8];
-#pragma unroll
-        for (int u = 0; u < 8; u++) v[u] = __ldcs(p + i + u * stride);
-#pragma unroll
-        for (int u = 0; u < 8; u++) acc ^= v[u].x ^ v[u].w;
-    }
-    if (acc == 0x12345678u) *sink = acc;
-}
+#include "probe.cuh"
 
 __device__ __forceinline__ uint32_t sa(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
@@ -180,7 +163,7 @@ int main() {
         return bytes / (best * 1e-3) / 1e9;
     };
     printf("plain 16-byte loads, %d blocks x 512: %.0f GB/s\n", sms,
-           time([&] { plain<<<sms, 512>>>((const uint4 *)buf, bytes / 16, sink); }));
+           time([&] { plain_read<<<sms, 512>>>((const uint4 *)buf, bytes / 16, sink); }));
     const int cfg[][2] = {{2, 32768}, {4, 32768}, {6, 32768}, {4, 16384}, {8, 16384}, {12, 16384}, {4, 24576}, {6, 24576}, {16, 8192}};
     for (auto &c : cfg)
         for (int read = 0; read < 2; read++) {

@@ -56,7 +56,7 @@
 #include <algorithm>
 #include <cuda_runtime.h>
 
-#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s: %s\n", #x, cudaGetErrorString(e)); return 1; } } while (0)
+#include "probe.cuh"
 
 constexpr int NB = 128, NT = 512, PAIRS = 2048;  // blocks, threads, 32-bit pairs per vector
 constexpr int OUT = PAIRS / NB;                    // pairs each block produces (16 = 32 bf16)

@@ -28,14 +28,7 @@
 #include <cstring>
 #include <vector>
 
-#define CK(x)                                                                          \
-    do {                                                                               \
-        cudaError_t e_ = (x);                                                          \
-        if (e_ != cudaSuccess) {                                                       \
-            printf("%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-            return 1;                                                                  \
-        }                                                                              \
-    } while (0)
+#include "probe.cuh"
 
 static_assert(12 * 32 == 384, "consumers_sync counts 384 threads");
 enum { MAX_STAGES = 200, CONSUMERS = 12, CTHREADS = CONSUMERS * 32, THREADS = CTHREADS + 32, BLOCKS = 128 };
@@ -134,10 +127,35 @@ __device__ bool counter_wait(const unsigned long long *p, unsigned long long tar
 // Named barrier 1 over the 12 consumer warps (384 threads).
 __device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, 384;" ::: "memory"); }
 
+// One unit: rows w0 and w1 (the same row when NR == 1) over spu steps of 32 pieces (a step: one
+// 16-byte piece of each row and of x per lane), DEPTH steps in flight; the warp's two sums.
+template <int DEPTH, int NR>
+__device__ void unit_dots(const uint4 *w0, const uint4 *w1, const uint4 *xr, int spu, bool global, float &a0,
+                          float &a1) {
+    a0 = a1 = 0.f;
+    for (int i = 0; i < spu; i += DEPTH) {
+        uint4 v0[DEPTH], v1[DEPTH];
+#pragma unroll
+        for (int j = 0; j < DEPTH; j++)
+            if (i + j < spu) {
+                v0[j] = ld_w(w0 + (i + j) * 32, global);
+                if (NR == 2) v1[j] = ld_w(w1 + (i + j) * 32, global);
+            }
+#pragma unroll
+        for (int j = 0; j < DEPTH; j++)
+            if (i + j < spu) {
+                const uint4 xv = xr[(i + j) * 32];
+                a0 += dot8(v0[j], xv);
+                if (NR == 2) a1 += dot8(v1[j], xv);
+            }
+    }
+    a0 = warp_sum(a0);
+    if (NR == 2) a1 = warp_sum(a1);
+}
+
 // Rows [0, R) of K elements at src (P = K / 8 pieces of 16 bytes each), in units of (row pair,
-// K segment of P / ks pieces): unit u to warp u % 12, which walks the segment DEPTH steps at a
-// time (a step: one 16-byte piece of each row of the pair and of x per lane) and adds the pair's
-// two sums to outs[row0 + row]. An odd last row is computed twice and stored once.
+// K segment of P / ks pieces): unit u to warp u % 12, which adds the pair's two sums to
+// outs[row0 + row]. An odd last row is computed twice and stored once.
 template <int DEPTH>
 __device__ void gemv_rows(const uint4 *src, int R, int P, int ks, const uint4 *xs, float *outs, int row0,
                           bool global) {
@@ -147,27 +165,9 @@ __device__ void gemv_rows(const uint4 *src, int R, int P, int ks, const uint4 *x
     for (int u = warp; u < units; u += CONSUMERS) {
         const int pr = u / ks, seg = u - pr * ks;
         const int r0 = 2 * pr, r1 = min(2 * pr + 1, R - 1);
-        const uint4 *w0 = src + (size_t)r0 * P + seg * per + lane, *w1 = src + (size_t)r1 * P + seg * per + lane;
-        const uint4 *xr = xs + seg * per + lane;
-        float a0 = 0.f, a1 = 0.f;
-        for (int i = 0; i < spu; i += DEPTH) {
-            uint4 v0[DEPTH], v1[DEPTH];
-#pragma unroll
-            for (int j = 0; j < DEPTH; j++)
-                if (i + j < spu) {
-                    v0[j] = ld_w(w0 + (i + j) * 32, global);
-                    v1[j] = ld_w(w1 + (i + j) * 32, global);
-                }
-#pragma unroll
-            for (int j = 0; j < DEPTH; j++)
-                if (i + j < spu) {
-                    const uint4 xv = xr[(i + j) * 32];
-                    a0 += dot8(v0[j], xv);
-                    a1 += dot8(v1[j], xv);
-                }
-        }
-        a0 = warp_sum(a0);
-        a1 = warp_sum(a1);
+        float a0, a1;
+        unit_dots<DEPTH, 2>(src + (size_t)r0 * P + seg * per + lane, src + (size_t)r1 * P + seg * per + lane,
+                            xs + seg * per + lane, spu, global, a0, a1);
         if (lane == 0) {
             atomicAdd(&outs[row0 + r0], a0);
             if (r1 != r0) atomicAdd(&outs[row0 + r1], a1);
@@ -192,27 +192,9 @@ __device__ void chunk_units(const uint4 *src, int R, int P, int ks, const uint4 
     for (int u = first; u < units; u += CONSUMERS) {
         const int gr = u / ks, seg = u - gr * ks;
         const int r0 = NR * gr, r1 = min(r0 + NR - 1, R - 1);
-        const uint4 *w0 = src + (size_t)r0 * P + seg * per + lane, *w1 = src + (size_t)r1 * P + seg * per + lane;
-        const uint4 *xr = xs + seg * per + lane;
-        float a0 = 0.f, a1 = 0.f;
-        for (int i = 0; i < spu; i += DEPTH) {
-            uint4 v0[DEPTH], v1[DEPTH];
-#pragma unroll
-            for (int j = 0; j < DEPTH; j++)
-                if (i + j < spu) {
-                    v0[j] = w0[(i + j) * 32];
-                    if (NR == 2) v1[j] = w1[(i + j) * 32];
-                }
-#pragma unroll
-            for (int j = 0; j < DEPTH; j++)
-                if (i + j < spu) {
-                    const uint4 xv = xr[(i + j) * 32];
-                    a0 += dot8(v0[j], xv);
-                    if (NR == 2) a1 += dot8(v1[j], xv);
-                }
-        }
-        a0 = warp_sum(a0);
-        if (NR == 2) a1 = warp_sum(a1);
+        float a0, a1;
+        unit_dots<DEPTH, NR>(src + (size_t)r0 * P + seg * per + lane, src + (size_t)r1 * P + seg * per + lane,
+                             xs + seg * per + lane, spu, false, a0, a1);
         if (lane == 0) {
             if (ks == 1 && !add) outs[row0 + r0] = a0; else atomicAdd(&outs[row0 + r0], a0);
             if (NR == 2 && r1 != r0) {
@@ -410,19 +392,6 @@ __global__ void fill(uint16_t *p, size_t n) {
         __nv_bfloat16 b = __float2bfloat16(v);
         p[i] = *(uint16_t *)&b;
     }
-}
-
-__global__ void plain_read(const uint4 *p, size_t n, unsigned *sink) {
-    unsigned acc = 0;
-    const size_t stride = (size_t)gridDim.x * blockDim.x;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i + 7 * stride < n; i += 8 * stride) {
-        uint4 v[8];
-#pragma unroll
-        for (int u = 0; u < 8; u++) v[u] = __ldcs(p + i + u * stride);
-#pragma unroll
-        for (int u = 0; u < 8; u++) acc ^= v[u].x ^ v[u].w;
-    }
-    if (acc == 0x12345678u) *sink = acc;
 }
 
 struct Model {
