@@ -123,8 +123,8 @@ MPK_DEV int64_t mpk_attn_cache_offset(const mpk_batch *b, const int32_t *page_ta
 // The decode fast path of mpk_attn_row for G <= 4 heads and D = 32 * ND: each warp takes one
 // chunk of positions for all G heads at once (a key and value row is loaded once for the group),
 // R positions at a time (MPK_ATTN_ROUND, or MPK_ATTN_ROUND_LONG for a long chunk) so that their
-// loads are in flight together, and leaves per
-// head (acc[D], max, sum) in shared memory for the combine. The cache offsets of the chunk's
+// loads are in flight together, and leaves per head (acc[D], max, sum) in shared memory for the
+// combine. The cache offsets of the chunk's
 // positions are looked up once, one per lane (32 at a time), and shuffled to the rounds: one
 // dependent page-table round trip per chunk instead of one per round (measured,
 // bench/NOTES.md v10: Qwen3-0.6B -5%, 1.7B -2%, 8B -1.5% per token).
@@ -214,6 +214,18 @@ MPK_DEV void mpk_attn_chunk_grouped(const float *qs, const mpk_bf16 *k_cache, co
     }
 }
 
+// mpk_attn_chunk_grouped with the round size of the chunk's length.
+template <int ND>
+MPK_DEV void mpk_attn_chunk(const float *qs, const mpk_bf16 *k_cache, const mpk_bf16 *v_cache,
+                            const mpk_batch *b, const int32_t *pt, int32_t t0, int32_t t1, int32_t G,
+                            int32_t D, int32_t page_size, int64_t page_stride, float scale, float *unit,
+                            const mpk_bf16 *kvs) {
+    if (MPK_ATTN_ROUND_LONG != MPK_ATTN_ROUND && t1 - t0 >= MPK_ATTN_LONG_CHUNK)
+        mpk_attn_chunk_grouped<ND, MPK_ATTN_ROUND_LONG>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
+    else
+        mpk_attn_chunk_grouped<ND, MPK_ATTN_ROUND>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
+}
+
 // Attention of one row for the G query heads of a kv head, by the whole block. Decode has one
 // row and a short context, so the work is spread over positions: the block's warps take
 // (head g, position chunk c) units, each runs an online softmax over its chunk (the lanes split
@@ -249,15 +261,10 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
         if (warp < Cg) {
             const int32_t t0 = warp * chunk, t1 = min(pos + 1, t0 + chunk);
             float *unit = units + (int64_t)warp * G * (D + 2);
-            const bool lng = t1 - t0 >= MPK_ATTN_LONG_CHUNK;
-            if (D == 128 && lng)
-                mpk_attn_chunk_grouped<4, MPK_ATTN_ROUND_LONG>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
-            else if (D == 128)
-                mpk_attn_chunk_grouped<4, MPK_ATTN_ROUND>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
-            else if (lng)
-                mpk_attn_chunk_grouped<2, MPK_ATTN_ROUND_LONG>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
+            if (D == 128)
+                mpk_attn_chunk<4>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
             else
-                mpk_attn_chunk_grouped<2, MPK_ATTN_ROUND>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
+                mpk_attn_chunk<2>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
         }
         mpk_sync();
         if (MPK_ATTN_MARK == 1) mpk_mark_inputs();

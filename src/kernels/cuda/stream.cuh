@@ -86,6 +86,13 @@ MPK_DEV uint32_t mpk_stream_task_chunks(const mpk_stream *s) {
     return s->active ? s->desc->stream_chunks : 0u;
 }
 
+// Thread 0, before a task's body: its chunks are the stream's next ones (nothing without a ring).
+MPK_DEV void mpk_stream_begin_task(mpk_stream *s) {
+    if (MPK_STREAM_SLOTS == 0) return;
+    s->task_first = s->consumed;
+    s->used = 0;
+}
+
 MPK_DEV bool mpk_mbar_test(uint32_t bar, uint32_t parity) {
     uint32_t done;
     asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"

@@ -244,8 +244,7 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
     mpk_stream *stream = mpk_stream_state();
     if (threadIdx.x == 0) {
         if (prof) sh->t_wait = mpk_globaltimer();
-        stream->task_first = stream->consumed;  // (its chunks are the stream's next ones)
-        stream->used = 0;
+        mpk_stream_begin_task(stream);
         mpk_dev_worker_status *ws = &a.worker_status[w];
         ws->task = t;
         ws->iteration = (int32_t)iter;
