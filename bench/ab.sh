@@ -12,6 +12,8 @@
 #       "stream|MPK_CUDA_STREAM=1|-DMPK_STREAM_SLOTS=4 -DMPK_DYN_SMEM_BYTES=81920"
 # List the default again as the last variant ("base2||"): a call whose card drifts (seen once,
 # bench/NOTES.md v8) then shows it, and its numbers are not compared.
+# MPK_AB_ARGS replaces the bench arguments (default "-n 128 -p 0 -r 3"), e.g. "-n 16 -p 0 -d 4096
+# -r 2 --ctx 4200" for decode at depth 4096.
 # MPK_AB_PROFILE="name ..." also writes those variants' per-task-type tables (mpk profile) to $OUT
 # and prints them after the table.
 set -u
@@ -29,10 +31,13 @@ binary() {
     echo "$tree/build/mpk"
 }
 for v in "$@"; do binary "$v" > /dev/null; done
+ARGS=${MPK_AB_ARGS:-"-n 128 -p 0 -r 3"}
+ctx=$(echo " $ARGS " | sed -n 's/.* \(--ctx [0-9]*\) .*/\1/p')  # (the kernel's shape: compile with it)
 for m in $MODELS; do  # (one model at a time: each compile holds the model's random weights)
     for v in "$@"; do
         flags=$(echo "$v" | cut -d'|' -f3)
-        MPK_NVCC_FLAGS="$flags" $(binary "$v") compile --config "$m" --backend cuda > /dev/null 2>&1 &
+        envs=$(echo "$v" | cut -d'|' -f2)  # (it may change the graph: MPK_ATTENTION_SPLITS=1)
+        env $envs MPK_NVCC_FLAGS="$flags" $(binary "$v") compile --config "$m" --backend cuda $ctx > /dev/null 2>&1 &
     done
     wait
 done
@@ -47,7 +52,7 @@ for v in "$@"; do
     flags=$(echo "$v" | cut -d'|' -f3)
     printf '| %s | %s | %s |' "$name" "$envs" "$flags"
     for m in $MODELS; do
-        ms=$(env $envs MPK_NVCC_FLAGS="$flags" $(binary "$v") bench --config "$m" -n 128 -p 0 -r 3 -o csv \
+        ms=$(env $envs MPK_NVCC_FLAGS="$flags" $(binary "$v") bench --config "$m" $ARGS -o csv \
                  --backend cuda 2> "$OUT/ab-$name-$m.log" \
              | python3 -c 'import csv,sys; r=[x for x in csv.DictReader(sys.stdin) if x["test"].startswith("tg")]; print("%.3f" % float(r[0]["ms_per_token"]) if r else "fail")')
         printf ' %s |' "$ms"

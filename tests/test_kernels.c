@@ -643,7 +643,7 @@ static void run_attention_case(const attn_case *ac, uint64_t seed) {
     guarded out = guarded_bf16(rows, ld_out, G * D);
 
     mpk_attention_cpu(qkv + col0, k_cache, v_cache, qn, kn, ac->rope ? inv_freq : NULL, out.p, b,
-                      G, D, ld_qkv, ld_out, ps, page_stride, eps, scale);
+                      G, D, ld_qkv, ld_out, ps, page_stride, eps, scale, NULL);
     guarded_check(&out, &BF16_UNSET, "attention output");
 
     // Reference keys and values of every position of both requests, in double.
@@ -800,6 +800,95 @@ Test(kernels, attention_norm_only) {
 Test(kernels, attention_long) {
     attn_case c = {2, 128, 1, 1, 1, 150, 61, 9, 16};  // spans several blocks of 64 scores
     run_attention_case(&c, 104);
+}
+
+// ---- attention split over positions ---------------------------------------------------------------
+
+// One decode row at position pos attended by S splits (run in a scrambled order, as workers may)
+// against the whole attention: same cache afterwards, the output within bf16 error of the whole
+// one (the splits sum in another order), the ticket back at 0. Below the split threshold the
+// splits other than 0 must leave the output alone and split 0 must give the whole attention.
+static void run_attention_split(int G, int D, int pos, int S, uint64_t seed) {
+    rng r = {seed};
+    const int ps = 16, max_seq = pos + 1, pages = (pos + ps) / ps + 2;
+    const int64_t page_stride = (int64_t)ps * D;
+    const int ld_qkv = (G + 2) * D, ld_out = G * D;
+    const float eps = 1e-6f, scale = 1.0f / sqrtf((float)D);
+    mpk_batch *b = batch_new(1, 1, max_seq, ps, pages);
+    int32_t *pt = mpk_batch_page_table(b);
+    for (int i = 0; i < (pos + ps) / ps; i++) pt[i] = pages - 1 - i;  // pages in reverse order
+    batch_add(b, 0, pos, 1, 1);
+    const size_t cache_n = (size_t)pages * page_stride;
+    mpk_bf16 *kc[2], *vc[2];
+    for (int i = 0; i < 2; i++) {
+        kc[i] = malloc(sizeof(mpk_bf16) * cache_n);
+        vc[i] = malloc(sizeof(mpk_bf16) * cache_n);
+    }
+    fill_bf16(&r, kc[0], cache_n, -1, 1);
+    fill_bf16(&r, vc[0], cache_n, -1, 1);
+    memcpy(kc[1], kc[0], sizeof(mpk_bf16) * cache_n);
+    memcpy(vc[1], vc[0], sizeof(mpk_bf16) * cache_n);
+    mpk_bf16 *qkv = random_bf16(&r, (size_t)ld_qkv, -2, 2);
+    mpk_bf16 *qn = random_bf16(&r, D, 0.5, 1.5), *kn = random_bf16(&r, D, 0.5, 1.5);
+    float inv_freq[MPK_ATTENTION_MAX_HEAD_DIM / 2];
+    for (int i = 0; i < D / 2; i++) inv_freq[i] = powf(1000.0f, -2.0f * i / D);
+    guarded whole = guarded_bf16(1, ld_out, G * D), split = guarded_bf16(1, ld_out, G * D);
+
+    mpk_attention_cpu(qkv, kc[0], vc[0], qn, kn, inv_freq, whole.p, b, G, D, ld_qkv, ld_out, ps,
+                      page_stride, eps, scale, NULL);
+    const int64_t wsn = MPK_ATTENTION_SPLIT_WS_FLOATS(S, G, D);
+    float *ws = calloc((size_t)wsn, sizeof *ws);
+    int t0, t1;
+    const int splits = mpk_attention_split_range(S, 0, 1, pos, &t0, &t1);
+    for (int i = 0; i < S; i++) {
+        const int s = (int)((i * 5 + 3) % S);  // (5 is prime to the S used below)
+        mpk_attention_split sp = {s, S, ws};
+        mpk_bf16 before[MPK_ATTENTION_MAX_HEAD_DIM * 8];
+        cr_assert(G * D <= (int)(sizeof before / sizeof before[0]));
+        memcpy(before, split.p, sizeof(mpk_bf16) * G * D);
+        mpk_attention_cpu(qkv, kc[1], vc[1], qn, kn, inv_freq, split.p, b, G, D, ld_qkv, ld_out,
+                          ps, page_stride, eps, scale, &sp);
+        if (!splits && s != 0)
+            cr_assert(memcmp(before, split.p, sizeof(mpk_bf16) * G * D) == 0,
+                      "split %d of an iteration that does not split wrote", s);
+        if (splits && i < S - 1)
+            cr_assert(memcmp(before, split.p, sizeof(mpk_bf16) * G * D) == 0,
+                      "split %d wrote before the last arrival", s);
+    }
+    guarded_check(&split, &BF16_UNSET, "split attention output");
+    cr_assert(memcmp(kc[0], kc[1], sizeof(mpk_bf16) * cache_n) == 0 &&
+                  memcmp(vc[0], vc[1], sizeof(mpk_bf16) * cache_n) == 0,
+              "the splits left the cache differently from the whole attention");
+    cr_assert_eq(*(uint32_t *)ws, 0u, "the ticket is back at 0");
+    double ref[MPK_ATTENTION_MAX_HEAD_DIM * 8];
+    cr_assert(G * D <= (int)(sizeof ref / sizeof ref[0]));
+    const mpk_bf16 *w = whole.p;
+    for (int c = 0; c < G * D; c++) ref[c] = bf(w[c]);
+    if (splits) expect_close(split.p, ld_out, ref, 1, G * D, "split attention against the whole");
+    else cr_assert(memcmp(split.p, whole.p, sizeof(mpk_bf16) * G * D) == 0, "split 0 alone is the whole attention");
+    for (int i = 0; i < 2; i++) {
+        free(kc[i]);
+        free(vc[i]);
+    }
+    free(ws);
+    free(qkv);
+    free(qn);
+    free(kn);
+    guarded_free(&whole);
+    guarded_free(&split);
+    free(b);
+}
+
+Test(kernels, attention_split_over_positions) {
+    run_attention_split(2, 128, 8 * 64 - 1, 8, 110);  // exactly S * 64 positions: the first split iteration
+    run_attention_split(2, 128, 700, 8, 111);         // the last split shorter than the others
+    run_attention_split(4, 64, 1500, 16, 112);
+    run_attention_split(1, 40, 300, 3, 113);          // odd S and head size, G = 1
+}
+
+Test(kernels, attention_split_below_threshold) {
+    run_attention_split(2, 128, 8 * 64 - 2, 8, 114);  // one position short: split 0 does it all
+    run_attention_split(2, 64, 5, 4, 115);
 }
 
 // ---- sampling ------------------------------------------------------------------------------------

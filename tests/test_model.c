@@ -799,7 +799,7 @@ static int expect_fused(const mpk_model_config *c, int64_t T, int32_t W) {
 static int64_t expected_tasks(const mpk_model_config *c, int32_t W, int sampling, int fused) {
     int64_t H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, Hkv = c->num_kv_heads;
     int64_t attn_o = fused ? Hkv * mpk_build_attention_linear_chunks(H, (int32_t)Hkv, W)
-                           : Hkv + mpk_build_pick_grid(H, W);
+                           : Hkv * mpk_build_attention_splits((int32_t)Hkv, W) + mpk_build_pick_grid(H, W);
     int64_t per_layer = mpk_build_pick_grid(mpk_model_qkv_rows(c), W) + attn_o +
                         mpk_build_pick_grid(2 * I, W) + mpk_build_pick_grid(H, W);
     int64_t head = mpk_build_pick_grid(H, W) + mpk_build_pick_grid(V, W);
@@ -937,6 +937,101 @@ Test(model, attention_output_fused_matches_separate) {
     cr_expect(den > 0 && num / den < 1e-4, "logits differ: normalised squared error %.3g", num / den);
     cr_expect(memcmp(ta, tb, sizeof ta[0] * 6) == 0, "tokens differ: %d %d %d vs %d %d %d", ta[0], ta[1],
               ta[2], tb[0], tb[1], tb[2]);
+}
+
+// The attention split over positions (flash-decoding) against the whole attention, on the CPU
+// with 4 worker threads (the splits of a head run concurrently and meet at the ticket): a
+// 200-token prompt, then 8 decoded tokens, each attending to 200+ positions, so every decode
+// iteration splits with S = 2 (from 128 positions) and S = 3 (from 192). The splits add their
+// partial sums in another order: the logits agree to rounding, the tokens exactly.
+static void run_attention_splits(int32_t S, int32_t *toks_out, float *logits_out, int64_t *nlogits) {
+    mpk_model_config c;
+    cr_assert_eq(mpk_model_config_preset("qwen3-tiny", &c), MPK_OK);
+    c.num_layers = 3;
+    mpk_model *m;
+    char err[256] = "";
+    cr_assert_eq(mpk_model_create_random(&c, 11, &m, err, sizeof err), MPK_OK, "%s", err);
+    mpk_kernel *k = cpu_kernel(4, 64, 256);
+    mpk_build_options o = mpk_build_default_options();
+    o.attention_output = MPK_ATTN_OUT_SEPARATE;
+    o.attention_splits = S;
+    cr_assert_eq(mpk_model_build(m, k, &o), MPK_OK, "%s", mpk_last_error(k));
+    cr_assert_eq(mpk_compile(k), MPK_OK, "%s", mpk_last_error(k));
+    mpk_tensor *ws;
+    cr_assert_eq(mpk_tensor_find(k, "model.layers.0.attention.split_workspace", &ws) == MPK_OK, S > 1);
+    int32_t prompt[200];
+    for (int i = 0; i < 200; i++) prompt[i] = 3 + (i * 37) % 500;
+    const int32_t *toks;
+    int32_t plen, total;
+    generate(k, prompt, 200, 8, &toks, &plen, &total);
+    cr_assert_eq(total - plen, 8);
+    memcpy(toks_out, toks + plen, sizeof *toks * 8);
+    mpk_tensor *lg;
+    cr_assert_eq(mpk_tensor_find(k, "logits", &lg), MPK_OK);
+    int64_t V = mpk_tensor_dim(lg, 1), n = mpk_tensor_dim(lg, 0) * V;
+    uint16_t *raw = malloc(sizeof *raw * (size_t)n);
+    cr_assert_eq(mpk_tensor_read(k, lg, raw, sizeof *raw * (size_t)n), MPK_OK);
+    // row 0: the last iteration's single decode row
+    for (int64_t j = 0; j < V; j++) {
+        uint32_t u = (uint32_t)raw[j] << 16;
+        memcpy(&logits_out[j], &u, 4);
+    }
+    *nlogits = V;
+    if (S > 1) {  // every ticket is back at 0
+        int64_t nw = mpk_tensor_dim(ws, 0) * mpk_tensor_dim(ws, 1);
+        float *w = malloc(sizeof *w * (size_t)nw);
+        cr_assert_eq(mpk_tensor_read(k, ws, w, sizeof *w * (size_t)nw), MPK_OK);
+        for (int64_t h = 0; h < mpk_tensor_dim(ws, 0); h++) {
+            uint32_t t;
+            memcpy(&t, w + h * mpk_tensor_dim(ws, 1), 4);
+            cr_expect_eq(t, 0u, "kv head %lld's ticket is %u after the run", (long long)h, t);
+        }
+        free(w);
+    }
+    free(raw);
+    mpk_kernel_free(k);
+    mpk_model_free(m);
+}
+
+Test(model, attention_splits_match_whole) {
+    int32_t t1[8], ts[8];
+    static float l1[4096], ls[4096];
+    int64_t v1, vs;
+    run_attention_splits(1, t1, l1, &v1);
+    for (int32_t S = 2; S <= 3; S++) {
+        run_attention_splits(S, ts, ls, &vs);
+        cr_assert_eq(v1, vs);
+        double num = 0, den = 0;
+        for (int64_t j = 0; j < v1; j++) {
+            num += ((double)ls[j] - l1[j]) * ((double)ls[j] - l1[j]);
+            den += (double)l1[j] * l1[j];
+        }
+        cr_expect(den > 0 && num / den < 1e-4, "S=%d: logits differ: normalised squared error %.3g", S, num / den);
+        cr_expect(memcmp(t1, ts, sizeof ts) == 0, "S=%d: tokens differ: %d %d %d vs %d %d %d", S, ts[0],
+                  ts[1], ts[2], t1[0], t1[1], t1[2]);
+    }
+}
+
+// Impossible split counts are refused by name.
+Test(model, attention_splits_rejects) {
+    mpk_model_config c;
+    cr_assert_eq(mpk_model_config_preset("qwen3-tiny", &c), MPK_OK);
+    mpk_model *m;
+    char err[256] = "";
+    cr_assert_eq(mpk_model_create_random(&c, 11, &m, err, sizeof err), MPK_OK, "%s", err);
+    mpk_kernel *k = cpu_kernel(2, 64, 64);
+    mpk_build_options o = mpk_build_default_options();
+    o.attention_splits = 65;
+    cr_expect_eq(mpk_model_build(m, k, &o), MPK_ERR_INVALID_ARG);
+    cr_expect(strstr(mpk_last_error(k), "attention_splits") != NULL, "%s", mpk_last_error(k));
+    mpk_kernel_free(k);
+    k = cpu_kernel(2, 64, 64);
+    o = mpk_build_default_options();
+    o.attention_output = MPK_ATTN_OUT_SEPARATE;
+    o.attention_splits = 4;
+    cr_expect_eq(mpk_model_build(m, k, &o), MPK_OK, "%s", mpk_last_error(k));
+    mpk_kernel_free(k);
+    mpk_model_free(m);
 }
 
 // The fused layers' shape checks name the problem.

@@ -102,6 +102,10 @@ typedef struct mpk_build_options {
     // (mpk_attention_linear_layer, one stage less per layer) when the layer accepts the shapes,
     // MPK_ATTN_OUT_FUSED requires it, MPK_ATTN_OUT_SEPARATE keeps attention and o_proj apart.
     int32_t attention_output;
+    // Tasks per kv head that split a long decode row's attention over its positions
+    // (mpk_attention_layer's grid.y; separate attention only): 0 = automatic (the workers per kv
+    // head, at most 16), 1 = never split, 2-64 = that many.
+    int32_t attention_splits;
 } mpk_build_options;
 
 enum { MPK_ATTN_OUT_AUTO = 0, MPK_ATTN_OUT_FUSED = 1, MPK_ATTN_OUT_SEPARATE = 2 };

@@ -415,21 +415,52 @@ mpk_status mpk_attention_layer(mpk_kernel *k, const mpk_attention_desc *d, mpk_d
     TRY(attention_check(&c, d, 1, &G));
     int64_t T = rows_total(k), Hkv = d->num_kv_heads, D = d->head_dim, P = k->params.num_pages;
     TRY(divides(&c, "grid.x", grid.x, Hkv, "kv heads"));
-    if (grid.y != 1) return layer_fail(&c, MPK_ERR_SHAPE, "grid.y=%d must be 1 (a task attends all rows)", grid.y);
-    int64_t hpt = Hkv / grid.x;
+    const int32_t S = grid.y;
+    if (S > MPK_ATTENTION_MAX_SPLITS)
+        return layer_fail(&c, MPK_ERR_SHAPE, "grid.y=%d splits exceed %d", S, MPK_ATTENTION_MAX_SPLITS);
+    int64_t hpt = Hkv / grid.x, GD = hpt * G * D;
+    const int64_t wsn = MPK_ATTENTION_SPLIT_WS_FLOATS(S, (int32_t)G, (int32_t)D);
     mpk_variant v = make_variant(MPK_TASK_ATTENTION);
     attention_params(&v, k, d, G, hpt);
+    if (S > 1) {
+        v.p[10] = S;
+        v.p[11] = (int32_t)wsn;
+    }
     TRY(add_variant(&c, &v));
     TRY(add_layer(&c, MPK_TASK_ATTENTION, name, grid, block));
-    for (int32_t xi = 0; xi < grid.x; xi++) {
-        int64_t h0 = hpt * xi, h1 = h0 + hpt;
-        if (!new_task(&c, MPK_TASK_ATTENTION, 0, (int32_t)T)) return OOM(&c);
-        operand(k, 6, d->output, 0, h0 * G * D);
-        if (!attention_operands(k, d, G, h0, h1) || !access(k, d->k_cache, 1, 0, P, h0, h1) ||
-            !access(k, d->v_cache, 1, 0, P, h0, h1) ||
-            !access(k, d->output, 1, 0, T, h0 * G * D, h1 * G * D))
-            return OOM(&c);
+    // The split's workspace: per kv head a ticket and S partials (task.h). Zeroed at every run
+    // start, so that a run interrupted mid-layer cannot leave a ticket skewed.
+    mpk_tensor *ws = NULL;
+    if (S > 1) {
+        char wname[200];
+        snprintf(wname, sizeof wname, "%s.split_workspace", k->layers[c.layer].name);
+        mpk_status st = mpk_new_tensor(k, 2, (int64_t[]){Hkv, wsn}, MPK_F32, wname, MPK_IO_DEVICE, &ws);
+        if (st) return rollback(&c, st);
+        ws->zero_each_run = 1;
     }
+    for (int32_t s = 0; s < S; s++)
+        for (int32_t xi = 0; xi < grid.x; xi++) {
+            int64_t h0 = hpt * xi, h1 = h0 + hpt;
+            mpk_task_rec *r = new_task(&c, MPK_TASK_ATTENTION, 0, (int32_t)T);
+            if (!r) return OOM(&c);
+            r->desc.iparam[0] = s;
+            operand(k, 6, d->output, 0, h0 * G * D);
+            if (!attention_operands(k, d, G, h0, h1)) return OOM(&c);
+            // Tasks of a layer must not declare overlapping writes, yet the next layer must wait
+            // for every split: split s declares the s-th part of its heads' output columns (the
+            // last to arrive writes them all, after the others are done), split 0 alone the cache
+            // (in a split iteration the last split appends; they all finish before any reader of
+            // the cache runs) and each its own partials of the workspace.
+            int64_t o0 = h0 * G * D + GD * s / S, o1 = h0 * G * D + GD * (s + 1) / S;
+            if (!access(k, d->output, 1, 0, T, o0, o1)) return OOM(&c);
+            if (s == 0 && (!access(k, d->k_cache, 1, 0, P, h0, h1) || !access(k, d->v_cache, 1, 0, P, h0, h1)))
+                return OOM(&c);
+            if (ws) {
+                const int64_t slot = (int64_t)s * G * (D + 2) + MPK_ATTENTION_SPLIT_HEADER;
+                operand(k, 7, ws, h0, 0);
+                if (!access(k, ws, 1, h0, h1, slot, slot + G * (D + 2))) return OOM(&c);
+            }
+        }
     return MPK_OK;
 }
 

@@ -33,6 +33,8 @@ struct mpk_tensor {
     size_t bytes;
     void *host;              // host memory: attached, or the CPU backend's allocation
     void *device;            // device memory (CUDA backend)
+    int32_t zero_each_run;   // the backends zero it at every run start (a layer's counters that
+                             // an interrupted run could leave non-zero: the attention split's tickets)
 };
 
 // ---- layers and task records -------------------------------------------------------------------

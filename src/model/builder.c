@@ -11,7 +11,8 @@
 #include "model/model_internal.h"
 
 mpk_build_options mpk_build_default_options(void) {
-    mpk_build_options o = {.sampling = 0, .num_workers_hint = 0, .attention_output = MPK_ATTN_OUT_AUTO};
+    mpk_build_options o = {.sampling = 0, .num_workers_hint = 0, .attention_output = MPK_ATTN_OUT_AUTO,
+                           .attention_splits = 0};
     return o;
 }
 
@@ -76,7 +77,17 @@ typedef struct build_ctx {
     mpk_tensor *inv_freq;
     mpk_dim3 block;     // {0,0,0}: each task's default
     int32_t attention_output;  // MPK_ATTN_OUT_*
+    int32_t attention_splits;  // mpk_attention_layer's grid.y
 } build_ctx;
+
+// Splits of a kv head's attention over positions (long contexts at batch 1): by default the
+// workers per kv head, so that a split iteration puts the whole card on the attention, at most
+// MPK_BUILD_MAX_SPLITS (each split adds its partial to the combine of the last arrival).
+#define MPK_BUILD_MAX_SPLITS 16
+int32_t mpk_build_attention_splits(int32_t Hkv, int32_t W) {
+    int32_t S = Hkv > 0 ? W / Hkv : 1;
+    return S < 1 ? 1 : S > MPK_BUILD_MAX_SPLITS ? MPK_BUILD_MAX_SPLITS : S;
+}
 
 // Column chunks of the fused attention + o_proj layer: one kv head per group, the chunks of a
 // group spread over its share of the workers.
@@ -140,7 +151,7 @@ static mpk_status build_layer(build_ctx *b, int32_t l, mpk_tensor *x, mpk_tensor
 
     float eps = c->rms_norm_eps;
     mpk_dim3 g_qkv = gx(mpk_build_pick_grid(QKV, b->W)), g_h = gx(mpk_build_pick_grid(H, b->W));
-    mpk_dim3 g_gu = gx(mpk_build_pick_grid(2 * I, b->W)), g_attn = gx((int32_t)Hkv);
+    mpk_dim3 g_gu = gx(mpk_build_pick_grid(2 * I, b->W)), g_attn = {(int32_t)Hkv, b->attention_splits, 1};
     mpk_attention_desc ad = {
         .qkv = qkv, .k_cache = kc, .v_cache = vc, .q_norm = q_norm, .k_norm = k_norm,
         .rope_inv_freq = b->inv_freq, .output = NULL, .num_q_heads = (int32_t)Hq,
@@ -191,6 +202,11 @@ mpk_status mpk_model_build(mpk_model *m, mpk_kernel *k, const mpk_build_options 
                                     : 8,
     };
     b.attention_output = o.attention_output;
+    if (o.attention_splits < 0 || o.attention_splits > MPK_ATTENTION_MAX_SPLITS)
+        return mpk_fail(k, MPK_ERR_INVALID_ARG, "mpk_model_build: attention_splits %d is outside [0, %d]",
+                        o.attention_splits, MPK_ATTENTION_MAX_SPLITS);
+    b.attention_splits = o.attention_splits > 0 ? o.attention_splits
+                                                : mpk_build_attention_splits(c->num_kv_heads, b.W);
     if (o.attention_output < MPK_ATTN_OUT_AUTO || o.attention_output > MPK_ATTN_OUT_SEPARATE)
         return mpk_fail(k, MPK_ERR_INVALID_ARG, "mpk_model_build: attention_output %d is not one of MPK_ATTN_OUT_AUTO, _FUSED, _SEPARATE",
                         o.attention_output);

@@ -59,6 +59,8 @@ int64_t mpk_model_qkv_rows(const mpk_model_config *cfg);
 int32_t mpk_build_pick_grid(int64_t n, int32_t workers);
 // Column chunks (grid.x) of the fused attention + o_proj layer for hidden size H.
 int32_t mpk_build_attention_linear_chunks(int64_t H, int32_t num_kv_heads, int32_t workers);
+// Default splits of a kv head's attention over positions (mpk_build_options.attention_splits 0).
+int32_t mpk_build_attention_splits(int32_t num_kv_heads, int32_t workers);
 int32_t mpk_build_argmax_grid(int64_t vocab, int32_t workers);
 
 #endif  // MPK_MODEL_INTERNAL_H

@@ -107,7 +107,7 @@ typedef struct gcase {
     int nprompts;
     int32_t vocab_for_prompts;
     mpk_status (*build)(mpk_kernel *k, struct gcase *c, mpk_tensor **in);
-    int32_t cfg[8];            // builder parameters
+    int32_t cfg[10];           // builder parameters
 } gcase;
 
 static host_buf *add_input(gcase *c, const char *name, int ndim, const int64_t *dims, mpk_dtype dt, float scale) {
@@ -148,7 +148,8 @@ static void free_out(run_out *o) {
 static mpk_status add_requests(mpk_kernel *k, const gcase *c) {
     for (int p = 0; p < c->nprompts; p++) {
         const prompt_spec *ps = &c->prompts[p];
-        int32_t prompt[128];
+        int32_t prompt[256];
+        if (ps->len > 256) return MPK_ERR_INVALID_ARG;
         for (int i = 0; i < ps->len; i++) prompt[i] = (int32_t)((uint32_t)(p * 7919 + i * 104729) % (uint32_t)c->vocab_for_prompts);
         mpk_sampling_params sp = mpk_sampling_default_params();
         sp.temperature = ps->temperature;
@@ -510,7 +511,7 @@ static mpk_status build_model(mpk_kernel *k, gcase *c, mpk_tensor **in) {
         TRY(mpk_residual_rmsnorm_linear_layer(k, x, part, in[7], in[8], gu, h1, 1e-6f,
                                               D3(pick_div((int)(2 * I), rnd()), 1), NOBLOCK, "gate_up"));
     } else {
-        TRY(mpk_attention_layer(k, &d, D3(pick_div((int)Hkv, rnd()), 1), NOBLOCK, "attn"));
+        TRY(mpk_attention_layer(k, &d, D3(pick_div((int)Hkv, rnd()), c->cfg[8] > 1 ? c->cfg[8] : 1), NOBLOCK, "attn"));
         TRY(mpk_linear_with_residual_layer(k, att, in[6], x, h1, D3(pick_div((int)H, rnd()), 1), NOBLOCK, "o_proj"));
         TRY(mpk_rmsnorm_linear_layer(k, h1, in[7], in[8], gu, 1e-6f, D3(pick_div((int)(2 * I), rnd()), 1), NOBLOCK, "gate_up"));
     }
@@ -572,6 +573,23 @@ static void small_model_case(gcase *c, const char *name, int fused) {
     c->prompts[0].max_new = 6;
     c->prompts[1].max_new = 4;
     case_model(c, MODEL_SHAPE, fused);
+}
+
+// The attention split over positions (task.h): one request of a 230-token prompt generating 10,
+// decoded alone, so that every decode iteration splits its attention into S ranges of positions
+// (S * 64 <= 231) that the last split to finish combines.
+static void split_model_case(gcase *c, const char *name, int H, int Hq, int Hkv, int D, int S) {
+    default_params(c);
+    c->name = name;
+    c->tol = 1e-4;
+    c->params.max_batched_tokens = 64;
+    c->params.max_seq_len = 256;
+    c->params.page_size = 16;
+    c->params.num_pages = 20;
+    c->nprompts = 1;
+    c->prompts[0] = (prompt_spec){230, 10, 0, 0, 1};
+    case_model(c, H, Hq, Hkv, D, 176, 512, 13, 0);
+    c->cfg[8] = S;
 }
 
 // Runs the case on the CPU and (twice) on the GPU with the given scheduling; records one row
@@ -817,6 +835,12 @@ int main(int argc, char **argv) {
         c.name = "model, attention+o_proj fused";
         case_model(&c, MODEL_SHAPE, 1);
         prebuild(&c);
+        memset(&c, 0, sizeof c);
+        split_model_case(&c, "model, split attention G=2 D=128 S=3", 256, 4, 2, 128, 3);
+        prebuild(&c);
+        memset(&c, 0, sizeof c);
+        split_model_case(&c, "model, split attention G=2 D=32 S=2", 136, 4, 2, 32, 2);
+        prebuild(&c);
         goto table;
     }
     {
@@ -849,6 +873,16 @@ int main(int argc, char **argv) {
         gcase c = {0};
         small_model_case(&c, "model, attention+o_proj fused", 1);
         run_case(&c, " static/all SMs", 0, 0, 0);
+        free_case(&c);
+    }
+    {  // the attention split over positions: the grouped decode path (D = 128) and the general one
+        gcase c = {0};
+        split_model_case(&c, "model, split attention G=2 D=128 S=3", 256, 4, 2, 128, 3);
+        run_case(&c, " static", 0, 0, 0);
+        free_case(&c);
+        memset(&c, 0, sizeof c);
+        split_model_case(&c, "model, split attention G=2 D=32 S=2", 136, 4, 2, 32, 2);
+        run_case(&c, " JIT", 0, 2, 1);
         free_case(&c);
     }
     if (!getenv("TEST_GPU_CPU_ONLY")) stall_test();

@@ -19,6 +19,7 @@ void cli_opts_init(cli_opts *o) {
     memset(o, 0, sizeof *o);
     o->backend = "auto";
     o->schedulers = -1;
+    o->attention_splits = -1;
     o->max_seq_len = 0;
     o->batch_tokens = 64;
     o->page_size = 64;
@@ -40,6 +41,9 @@ const char *cli_common_usage(void) {
            "  --timeout S           give up on a run after S seconds (default: 600)\n"
            "  --attention-output A  auto | fused | separate: attention and o_proj in one stage or two\n"
            "                        (default: $MPK_ATTENTION_OUTPUT, else auto = fused where faster)\n"
+           "  --attn-splits N       tasks per kv head that split a long decode row's attention\n"
+           "                        (separate attention; 1 = never; default: $MPK_ATTENTION_SPLITS,\n"
+           "                        else 0 = the workers per kv head, at most 16)\n"
            "  -v                    log what the library does (compile times, cache hits)\n";
 }
 
@@ -97,6 +101,7 @@ int cli_common_option(cli_opts *o, int argc, char **argv, int *i) {
         NEEDV();
         return one_of(a, v, (const char *const[]){"auto", "fused", "separate", NULL}, &o->attention_output);
     }
+    if (!strcmp(a, "--attn-splits")) { NEEDV(); return parse_int(v, 0, 64, &o->attention_splits, a); }
 #undef NEEDV
     return 0;
 }
@@ -229,6 +234,16 @@ int cli_engine_open(cli_engine *e, const cli_opts *o, int compile) {
         fprintf(stderr, "mpk: MPK_ATTENTION_OUTPUT=%s is not one of separate, fused, auto\n", ao);
         cli_engine_close(e);
         return 1;
+    }
+    // --attn-splits, else MPK_ATTENTION_SPLITS (side-by-side measurements), else automatic.
+    bo.attention_splits = o->attention_splits;
+    if (bo.attention_splits < 0) {
+        const char *sv = getenv("MPK_ATTENTION_SPLITS");
+        bo.attention_splits = 0;
+        if (sv && *sv && parse_int(sv, 0, 64, &bo.attention_splits, "MPK_ATTENTION_SPLITS") < 0) {
+            cli_engine_close(e);
+            return 1;
+        }
     }
     st = mpk_model_build(e->model, e->kernel, &bo);
     if (st == MPK_OK && compile) st = mpk_compile(e->kernel);

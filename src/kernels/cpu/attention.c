@@ -77,32 +77,34 @@ static int32_t fresh_row(const fresh_kv *f, int32_t pos, int32_t t) {
     return rr;
 }
 
-// softmax(q . k_t * scale) over t in [0, pos], times v_t, into out (D). Scores are taken in
-// blocks: the running maximum m and sum l are rescaled once per block. With f, this batch's
-// positions come from qkv (the key prepared exactly as the cache holds it) instead of the cache.
-static void attend(const float *q, const mpk_bf16 *k_cache, const mpk_bf16 *v_cache,
-                   const mpk_batch *batch, const int32_t *page_table, int32_t pos, int32_t D,
-                   int32_t page_size, int64_t page_stride, float scale, const fresh_kv *f,
-                   mpk_bf16 *out) {
-    float acc[MPK_ATTENTION_MAX_HEAD_DIM] = {0};  // (D) sum of p_t v_t at the running max
+// The online softmax of q . k_t * scale over t in [t0, t1), unnormalised: *m the running max,
+// *l the sum of exp(score - m), acc (D) the sum of exp(score - m) v_t (m = -inf, l = 0 when no
+// position was attendable). Scores are taken in blocks: the running max and sum are rescaled once
+// per block. With f, this batch's positions come from qkv (the key prepared exactly as the cache
+// holds it) instead of the cache; pos is the attending row's position.
+static void attend_range(const float *q, const mpk_bf16 *k_cache, const mpk_bf16 *v_cache,
+                         const mpk_batch *batch, const int32_t *page_table, int32_t pos, int32_t t0,
+                         int32_t t1, int32_t D, int32_t page_size, int64_t page_stride, float scale,
+                         const fresh_kv *f, float *acc, float *m_out, float *l_out) {
     float sc[SCORE_BLOCK];
     const mpk_bf16 *vp[SCORE_BLOCK];
     float m = -INFINITY, l = 0.0f;
-    for (int32_t t0 = 0; t0 <= pos; t0 += SCORE_BLOCK) {
-        int32_t nb = pos + 1 - t0 < SCORE_BLOCK ? pos + 1 - t0 : SCORE_BLOCK;
+    for (int32_t d = 0; d < D; d++) acc[d] = 0.0f;
+    for (int32_t tb = t0; tb < t1; tb += SCORE_BLOCK) {
+        int32_t nb = t1 - tb < SCORE_BLOCK ? t1 - tb : SCORE_BLOCK;
         float bm = -INFINITY;
         for (int32_t i = 0; i < nb; i++) {
-            int32_t rr = f ? fresh_row(f, pos, t0 + i) : -1;
+            int32_t rr = f ? fresh_row(f, pos, tb + i) : -1;
             if (rr >= 0) {
                 const mpk_bf16 *kr = f->qkv + (int64_t)rr * f->ld_qkv + (int64_t)f->G * D;
                 float kf[MPK_ATTENTION_MAX_HEAD_DIM];
                 mpk_bf16 kb[MPK_ATTENTION_MAX_HEAD_DIM];
-                prepare_head(kr, f->k_norm, f->inv_freq, t0 + i, D, f->eps, kf);
+                prepare_head(kr, f->k_norm, f->inv_freq, tb + i, D, f->eps, kf);
                 for (int32_t d = 0; d < D; d++) kb[d] = mpk_f32_to_bf16(kf[d]);
                 vp[i] = kr + D;
                 sc[i] = dot(q, kb, D) * scale;
             } else {
-                int64_t off = cache_offset(batch, page_table, t0 + i, D, page_size, page_stride);
+                int64_t off = cache_offset(batch, page_table, tb + i, D, page_size, page_stride);
                 vp[i] = off < 0 ? NULL : v_cache + off;
                 sc[i] = off < 0 ? -INFINITY : dot(q, k_cache + off, D) * scale;
             }
@@ -122,6 +124,19 @@ static void attend(const float *q, const mpk_bf16 *k_cache, const mpk_bf16 *v_ca
             for (int32_t d = 0; d < D; d++) acc[d] += p * mpk_bf16_to_f32(v[d]);
         }
     }
+    *m_out = m;
+    *l_out = l;
+}
+
+// softmax(q . k_t * scale) over t in [0, pos], times v_t, into out (D).
+static void attend(const float *q, const mpk_bf16 *k_cache, const mpk_bf16 *v_cache,
+                   const mpk_batch *batch, const int32_t *page_table, int32_t pos, int32_t D,
+                   int32_t page_size, int64_t page_stride, float scale, const fresh_kv *f,
+                   mpk_bf16 *out) {
+    float acc[MPK_ATTENTION_MAX_HEAD_DIM];  // (D) sum of p_t v_t at the running max
+    float m, l;
+    attend_range(q, k_cache, v_cache, batch, page_table, pos, 0, pos + 1, D, page_size, page_stride,
+                 scale, f, acc, &m, &l);
     float inv = l > 0.0f ? 1.0f / l : NAN;  // NaN when no position was readable: loud, not silent
     for (int32_t d = 0; d < D; d++) out[d] = mpk_f32_to_bf16(acc[d] * inv);
 }
@@ -172,16 +187,74 @@ static void attend_rows(const mpk_bf16 *qkv, const mpk_bf16 *k_cache, const mpk_
     }
 }
 
+// ---- attention split over positions (task.h: mpk_attention_split_range) -----------------------
+
+// Split sp->s of the only row's attention: positions [t0, t1) into the split's slot of the head's
+// workspace; the last of the S splits to arrive combines the slots into out.
+static void attend_split(const mpk_bf16 *qkv, const mpk_bf16 *k_cache, const mpk_bf16 *v_cache,
+                         const mpk_bf16 *q_norm, const float *inv_freq, const mpk_batch *batch,
+                         int32_t G, int32_t D, int32_t page_size, int64_t page_stride, float eps,
+                         float scale, int32_t t0, int32_t t1, const mpk_attention_split *sp,
+                         mpk_bf16 *out) {
+    const int32_t *row_entry = MPK_BATCH_CARRAY(batch, off_row_entry, int32_t);
+    const int32_t *row_pos = MPK_BATCH_CARRAY(batch, off_row_pos, int32_t);
+    const int32_t *entry_slot = MPK_BATCH_CARRAY(batch, off_entry_slot, int32_t);
+    const int32_t *pt = MPK_BATCH_CARRAY(batch, off_page_table, int32_t) +
+                        (int64_t)entry_slot[row_entry[0]] * batch->max_pages_per_request;
+    const int32_t pos = row_pos[0];
+    const int64_t unit = D + 2;  // acc[D], max, sum
+    float *slots = sp->ws + MPK_ATTENTION_SPLIT_HEADER;  // (S, G, D + 2)
+    float q[MPK_ATTENTION_MAX_HEAD_DIM];
+    for (int32_t g = 0; g < G; g++) {
+        float *u = slots + ((int64_t)sp->s * G + g) * unit;
+        prepare_head(qkv + (int64_t)g * D, q_norm, inv_freq, pos, D, eps, q);
+        attend_range(q, k_cache, v_cache, batch, pt, pos, t0, t1, D, page_size, page_stride, scale,
+                     NULL, u, &u[D], &u[D + 1]);
+    }
+    // The ticket: acq_rel, so the last arrival sees every split's slot.
+    uint32_t *ticket = (uint32_t *)sp->ws;
+    if (__atomic_fetch_add(ticket, 1u, __ATOMIC_ACQ_REL) != (uint32_t)sp->S - 1) return;
+    for (int32_t g = 0; g < G; g++) {
+        float M = -INFINITY;
+        for (int32_t s = 0; s < sp->S; s++) M = fmaxf(M, slots[((int64_t)s * G + g) * unit + D]);
+        float acc[MPK_ATTENTION_MAX_HEAD_DIM] = {0}, den = 0.0f;
+        for (int32_t s = 0; s < sp->S; s++) {
+            const float *u = slots + ((int64_t)s * G + g) * unit;
+            if (!(u[D + 1] > 0.0f)) continue;  // the split attended to nothing
+            const float f = expf(u[D] - M);
+            den += f * u[D + 1];
+            for (int32_t d = 0; d < D; d++) acc[d] += f * u[d];
+        }
+        const float inv = den > 0.0f ? 1.0f / den : NAN;
+        for (int32_t d = 0; d < D; d++) out[(int64_t)g * D + d] = mpk_f32_to_bf16(acc[d] * inv);
+    }
+    __atomic_store_n(ticket, 0u, __ATOMIC_RELEASE);  // for the next iteration (ordered by its events)
+}
+
 void mpk_attention_cpu(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache,
                        const mpk_bf16 *q_norm, const mpk_bf16 *k_norm, const float *inv_freq,
                        mpk_bf16 *out, const mpk_batch *batch, int32_t G, int32_t D,
                        int32_t ld_qkv, int32_t ld_out, int32_t page_size, int64_t page_stride,
-                       float eps, float scale) {
+                       float eps, float scale, const mpk_attention_split *split) {
     if (G <= 0 || D <= 0) return;
+    const int32_t S = split ? split->S : 1, s = split ? split->s : 0;
+    int32_t t0 = 0, t1 = 0;
+    const int split_now = batch->num_tokens == 1 &&
+        mpk_attention_split_range(S, s, 1, MPK_BATCH_CARRAY(batch, off_row_pos, int32_t)[0], &t0, &t1);
+    if (!split_now && s != 0) return;  // split 0 runs the whole attention
     if (D > MPK_ATTENTION_MAX_HEAD_DIM) {
+        if (s != 0) return;
         for (int32_t r = 0; r < batch->num_tokens; r++)
             for (int32_t c = 0; c < G * D; c++)
                 out[(int64_t)r * ld_out + c] = mpk_f32_to_bf16(NAN);
+        return;
+    }
+    if (split_now) {
+        if (s == S - 1)  // the split that holds the row's position appends its key and value
+            append_rows(qkv, k_cache, v_cache, k_norm, inv_freq, batch, G, D, ld_qkv, page_size,
+                        page_stride, eps);
+        attend_split(qkv, k_cache, v_cache, q_norm, inv_freq, batch, G, D, page_size, page_stride,
+                     eps, scale, t0, t1, split, out);
         return;
     }
     // Every row's k and v first: a prefill chunk's rows attend to each other's positions.

@@ -65,12 +65,19 @@ void mpk_linear_residual_cpu(const mpk_bf16 *x, const mpk_bf16 *w, const mpk_bf1
 // k and v appended to the paged cache at that position, then causal softmax attention over
 // positions [0, pos] of the row's request. k_cache/v_cache point at page 0 of this head;
 // element (page, i, d) is at page * page_stride + i * D + d. out points at the group's G*D
-// output columns.
+// output columns. With split (S > 1), this is split s of S of the head (task.h:
+// mpk_attention_split_range): ws is the head's split workspace, whose ticket must be 0 between
+// iterations (the layer's tensor is zeroed at every run start).
+typedef struct mpk_attention_split {
+    int32_t s, S;
+    float *ws;  // (MPK_ATTENTION_SPLIT_HEADER + S * G * (D + 2)) floats
+} mpk_attention_split;
+
 void mpk_attention_cpu(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache,
                        const mpk_bf16 *q_norm, const mpk_bf16 *k_norm, const float *inv_freq,
                        mpk_bf16 *out, const mpk_batch *batch, int32_t G, int32_t D,
                        int32_t ld_qkv, int32_t ld_out, int32_t page_size, int64_t page_stride,
-                       float eps, float scale);
+                       float eps, float scale, const mpk_attention_split *split);
 
 // Attention of kv heads [0, hpt) (qkv, caches at the first; head h at + h * (G + 2) * D and
 // + h * page_size * D) for every row, as mpk_attention_cpu, then the product of the heads'

@@ -226,26 +226,57 @@ MPK_DEV void mpk_attn_chunk(const float *qs, const mpk_bf16 *k_cache, const mpk_
         mpk_attn_chunk_grouped<ND, MPK_ATTN_ROUND>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
 }
 
-// Attention of one row for the G query heads of a kv head, by the whole block. Decode has one
-// row and a short context, so the work is spread over positions: the block's warps take
-// (head g, position chunk c) units, each runs an online softmax over its chunk (the lanes split
-// the head dimension: element d = lane + 32 i; a score is one warp reduction), and leaves
-// (max, sum, acc[D]) in shared memory; then the chunks of each head are combined.
+// The combined chunk partials of head g, element d (and, for d == 0, its max and sum) into
+// `part` (G, D + 2) unnormalised, or the normalised bf16 output into out_row. Unit c of head g
+// is at units + (c * cs + g * gs) * (D + 2).
+MPK_DEV void mpk_attn_combine_units(const float *units, int32_t C, int32_t cs, int32_t gs,
+                                    int32_t g, int32_t d, int32_t D, float *part, mpk_bf16 *out_row) {
+    float M = -INFINITY;
+    for (int32_t c = 0; c < C; c++) M = fmaxf(M, units[((int64_t)c * cs + g * gs) * (D + 2) + D]);
+    float num = 0.0f, den = 0.0f;
+    for (int32_t c = 0; c < C; c++) {
+        const float *un = units + ((int64_t)c * cs + g * gs) * (D + 2);
+        if (un[D + 1] <= 0.0f) continue;  // the chunk attended to nothing
+        const float f = expf(un[D] - M);
+        num = fmaf(f, un[d], num);
+        den = fmaf(f, un[D + 1], den);
+    }
+    if (part) {
+        float *pg = part + (int64_t)g * (D + 2);
+        pg[d] = num;
+        if (d == 0) {
+            pg[D] = M;
+            pg[D + 1] = den;
+        }
+    } else {
+        out_row[(int64_t)g * D + d] = mpk_f2bf(den > 0.0f ? num / den : __int_as_float(0x7fc00000));
+    }
+}
+
+// Attention of one row for the G query heads of a kv head over positions [t_lo, t_hi), by the
+// whole block. Decode has one row and a short context, so the work is spread over positions: the
+// block's warps take (head g, position chunk c) units, each runs an online softmax over its chunk
+// (the lanes split the head dimension: element d = lane + 32 i; a score is one warp reduction),
+// and leaves (max, sum, acc[D]) in shared memory; then the chunks of each head are combined into
+// out_row, or, with part (a split of the row's positions, task.h), left unnormalised there as
+// (acc[D], max, sum) per head.
 // Shared memory (dynamic): q (G, D) floats, then units (G * C, D + 2) floats.
 // Not inlined: keeps its registers out of the GEMV variants' allocation (spills).
 __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf16 *k_cache,
                           const mpk_bf16 *v_cache, const mpk_bf16 *q_norm, const float *inv_freq,
-                          const mpk_batch *b, const int32_t *pt, int32_t pos, int32_t G, int32_t D,
-                          int32_t page_size, int64_t page_stride, float eps, float scale,
-                          mpk_bf16 *out_row, bool q_ready, const mpk_bf16 *kvs) {
+                          const mpk_batch *b, const int32_t *pt, int32_t pos, int32_t t_lo,
+                          int32_t t_hi, int32_t G, int32_t D, int32_t page_size, int64_t page_stride,
+                          float eps, float scale, mpk_bf16 *out_row, float *part, bool q_ready,
+                          const mpk_bf16 *kvs) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = MPK_DEV_THREADS / 32;
     float *qs = (float *)mpk_dyn_smem();  // (G, D), already prepared when q_ready
     float *units = qs + G * D;             // (G * C, D + 2)
     const int32_t fit = (int32_t)((MPK_DYN_SMEM_BYTES / 4 - G * D) / (G * (D + 2)));
+    const int32_t n = t_hi - t_lo > 1 ? t_hi - t_lo : 1;
     int32_t C = nwarps / G;
     if (C > fit) C = fit;
     if (C < 1) C = 1;
-    if (C > pos + 1) C = pos + 1;
+    if (C > n) C = n;
     if (!q_ready) {
         for (int32_t g = warp; g < G; g += nwarps)
             mpk_attn_prepare(qkv_row + (int64_t)g * D, q_norm, inv_freq, pos, D, eps, qs + g * D);
@@ -254,12 +285,12 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
     const int32_t nd = (D + 31) / 32;
     if (G <= 4 && (D == 64 || D == 128)) {
         // All warps on position chunks, each for the whole head group; units (C, G, D + 2).
-        int32_t Cg = nwarps < pos + 1 ? nwarps : pos + 1;
+        int32_t Cg = nwarps < n ? nwarps : n;
         const int32_t fitg = (int32_t)((MPK_DYN_SMEM_BYTES / 4 - G * D) / (G * (D + 2)));
         if (Cg > fitg) Cg = fitg;
-        const int32_t chunk = (pos + 1 + Cg - 1) / Cg;
+        const int32_t chunk = (n + Cg - 1) / Cg;
         if (warp < Cg) {
-            const int32_t t0 = warp * chunk, t1 = min(pos + 1, t0 + chunk);
+            const int32_t t0 = t_lo + warp * chunk, t1 = min(t_hi, t0 + chunk);
             float *unit = units + (int64_t)warp * G * (D + 2);
             if (D == 128)
                 mpk_attn_chunk<4>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
@@ -268,25 +299,13 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
         }
         mpk_sync();
         if (MPK_ATTN_MARK == 1) mpk_mark_inputs();
-        for (int32_t i = threadIdx.x; i < G * D; i += MPK_DEV_THREADS) {
-            const int32_t g = i / D, d = i % D;
-            float M = -INFINITY;
-            for (int32_t c = 0; c < Cg; c++) M = fmaxf(M, units[((int64_t)c * G + g) * (D + 2) + D]);
-            float num = 0.0f, den = 0.0f;
-            for (int32_t c = 0; c < Cg; c++) {
-                const float *un = units + ((int64_t)c * G + g) * (D + 2);
-                if (un[D + 1] <= 0.0f) continue;
-                const float f = expf(un[D] - M);
-                num = fmaf(f, un[d], num);
-                den = fmaf(f, un[D + 1], den);
-            }
-            out_row[(int64_t)g * D + d] = mpk_f2bf(den > 0.0f ? num / den : __int_as_float(0x7fc00000));
-        }
+        for (int32_t i = threadIdx.x; i < G * D; i += MPK_DEV_THREADS)
+            mpk_attn_combine_units(units, Cg, G, 1, i / D, i % D, D, part, out_row);
         mpk_sync();
         if (MPK_ATTN_MARK == 2) mpk_mark_inputs();
         return;
     }
-    const int32_t chunk = (pos + 1 + C - 1) / C;
+    const int32_t chunk = (n + C - 1) / C;
     for (int32_t u = warp; u < G * C; u += nwarps) {
         const int32_t g = u / C, c = u % C;
         const float *q = qs + g * D;
@@ -298,8 +317,8 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
             acc[i] = 0.0f;
         }
         float m = -INFINITY, l = 0.0f;
-        const int32_t t1 = min(pos + 1, (c + 1) * chunk);
-        for (int32_t t = c * chunk; t < t1; t++) {
+        const int32_t t1 = min(t_hi, t_lo + (c + 1) * chunk);
+        for (int32_t t = t_lo + c * chunk; t < t1; t++) {
             const int64_t off = mpk_attn_cache_offset(b, pt, t, D, page_size, page_stride);
             if (off < 0) continue;
             const mpk_bf16 *kr = k_cache + off, *vr = v_cache + off;  // (D)
@@ -333,21 +352,48 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
         }
     }
     mpk_sync();
+    for (int32_t i = threadIdx.x; i < G * D; i += MPK_DEV_THREADS)
+        mpk_attn_combine_units(units, C, 1, C, i / D, i % D, D, part, out_row);
+    mpk_sync();  // qs and units are reused by the next row
+}
+
+// ---- a split of the row's positions (flash-decoding, task.h) -------------------------------------
+// After mpk_attn_row left this split's partial in its slot of the head's workspace ws (and its
+// closing barrier ordered those stores before thread 0): take a ticket; the S-th arrival combines
+// the S slots into out_row and sets the ticket back to 0 for the next iteration (whose splits
+// run after this task's completion is published, by the event chain). The slots are read from
+// L2 (__ldcg): another SM wrote them, and this SM may hold a line of an earlier iteration in L1.
+MPK_DEV void mpk_attn_split_finish(float *ws, int32_t S, int32_t G, int32_t D, mpk_bf16 *out_row) {
+    mpk_task_smem *sm = mpk_smem();
+    unsigned int *ticket = (unsigned int *)ws;
+    if (threadIdx.x == 0) {
+        unsigned int old;
+        asm volatile("fence.acq_rel.gpu;" ::: "memory");  // release the block's partial
+        asm volatile("atom.relaxed.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(ticket) : "memory");
+        const bool last = old == (unsigned int)S - 1;
+        if (last) asm volatile("fence.acq_rel.gpu;" ::: "memory");  // acquire the others'
+        sm->split_last = last;
+    }
+    mpk_sync();
+    if (!sm->split_last) return;
+    const float *slots = ws + MPK_ATTENTION_SPLIT_HEADER;  // (S, G, D + 2)
     for (int32_t i = threadIdx.x; i < G * D; i += MPK_DEV_THREADS) {
         const int32_t g = i / D, d = i % D;
         float M = -INFINITY;
-        for (int32_t c = 0; c < C; c++) M = fmaxf(M, units[(int64_t)(g * C + c) * (D + 2) + D]);
+        for (int32_t s = 0; s < S; s++) M = fmaxf(M, __ldcg(slots + ((int64_t)s * G + g) * (D + 2) + D));
         float num = 0.0f, den = 0.0f;
-        for (int32_t c = 0; c < C; c++) {
-            const float *un = units + (int64_t)(g * C + c) * (D + 2);
-            if (un[D + 1] <= 0.0f) continue;  // the chunk attended to nothing
-            const float f = expf(un[D] - M);
-            num = fmaf(f, un[d], num);
-            den = fmaf(f, un[D + 1], den);
+        for (int32_t s = 0; s < S; s++) {
+            const float *u = slots + ((int64_t)s * G + g) * (D + 2);
+            const float l = __ldcg(u + D + 1);
+            if (!(l > 0.0f)) continue;  // the split attended to nothing
+            const float f = expf(__ldcg(u + D) - M);
+            num = fmaf(f, __ldcg(u + d), num);
+            den = fmaf(f, l, den);
         }
         out_row[(int64_t)g * D + d] = mpk_f2bf(den > 0.0f ? num / den : __int_as_float(0x7fc00000));
     }
-    mpk_sync();  // qs and units are reused by the next row
+    if (threadIdx.x == 0) *(volatile unsigned int *)ticket = 0u;
+    mpk_sync();
 }
 
 // ---- keys and values of earlier positions, copied before the task's event -----------------------
@@ -426,19 +472,26 @@ MPK_DEV void mpk_l2_ask_issue(const mpk_l2_ask *a) {
 }
 
 // ask (or null): weights asked of L2 once the keys are appended (the product that follows needs them).
+// split of S (S > 1) with ws, the head's split workspace: a split of the positions when the
+// iteration splits (task.h: mpk_attention_split_range), else split 0 attends all and the others
+// return at once.
 // Not inlined: keeps its registers out of the GEMV variants' allocation (spills).
 __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache,
                                 const mpk_bf16 *q_norm, const mpk_bf16 *k_norm,
                                 const float *inv_freq, mpk_bf16 *out, const mpk_batch *b,
                                 int32_t G, int32_t D, int32_t ld_qkv, int32_t ld_out,
                                 int32_t page_size, int64_t page_stride, float eps, float scale,
-                                const mpk_l2_ask *ask = nullptr) {
+                                const mpk_l2_ask *ask = nullptr, int32_t split = 0, int32_t S = 1,
+                                float *ws = nullptr) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = MPK_DEV_THREADS / 32;
     const int32_t *row_entry = MPK_BATCH_CARRAY(b, off_row_entry, int32_t);
     const int32_t *row_pos = MPK_BATCH_CARRAY(b, off_row_pos, int32_t);
     const int32_t *entry_slot = MPK_BATCH_CARRAY(b, off_entry_slot, int32_t);
     const int32_t *page_tables = MPK_BATCH_CARRAY(b, off_page_table, int32_t);
     const int32_t rows = b->num_tokens;
+    int32_t t_lo = 0, t_hi = 0;
+    const bool split_now = ws && mpk_attention_split_range(S, split, rows, rows == 1 ? row_pos[0] : -1, &t_lo, &t_hi);
+    if (!split_now && split != 0) return;  // split 0 runs the whole attention
     if (G <= 0 || D <= 0) return;
     if (D > MPK_ATTN_MAX_D || (G + nwarps) * D > MPK_DYN_SMEM_BYTES / 4 || G * D + G * (D + 2) > MPK_DYN_SMEM_BYTES / 4) {
         for (int64_t i = threadIdx.x; i < (int64_t)rows * G * D; i += MPK_DEV_THREADS)
@@ -461,8 +514,10 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
                          (float *)mpk_dyn_smem() + g * D);
     }
 
-    // Every row's k and v first: a prefill chunk's rows attend to each other's positions.
-    for (int32_t r = warp; r < rows; r += nwarps) {
+    // Every row's k and v first: a prefill chunk's rows attend to each other's positions. Of a
+    // split, only the last (it holds the row's position) appends.
+    const int32_t append_rows = !split_now || split == S - 1 ? rows : 0;
+    for (int32_t r = warp; r < append_rows; r += nwarps) {
         int64_t off = sm->pre_off;
         if (!pre) {
             const int32_t *pt = page_tables + (int64_t)entry_slot[row_entry[r]] * b->max_pages_per_request;
@@ -492,10 +547,12 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
     for (int32_t r = 0; r < rows; r++) {
         // (with kvs the product reads shared memory only: no page-table lookups)
         const int32_t *pt = kvs ? page_tables : page_tables + (int64_t)entry_slot[row_entry[r]] * b->max_pages_per_request;
-        mpk_attn_row(qkv + (int64_t)r * ld_qkv, k_cache, v_cache, q_norm, inv_freq, b, pt,
-                     row_pos[r], G, D, page_size, page_stride, eps, scale, out + (int64_t)r * ld_out,
-                     r == 0 && early_q, kvs);
+        float *part = split_now ? ws + MPK_ATTENTION_SPLIT_HEADER + (int64_t)split * G * (D + 2) : nullptr;
+        mpk_attn_row(qkv + (int64_t)r * ld_qkv, k_cache, v_cache, q_norm, inv_freq, b, pt, row_pos[r],
+                     split_now ? t_lo : 0, split_now ? t_hi : row_pos[r] + 1, G, D, page_size,
+                     page_stride, eps, scale, out + (int64_t)r * ld_out, part, r == 0 && early_q, kvs);
     }
+    if (split_now) mpk_attn_split_finish(ws, S, G, D, out);
     if (MPK_ATTN_PRELOAD && threadIdx.x == 0) sm->pre_bad = 0;  // (after the body's last barrier)
 }
 

@@ -129,6 +129,7 @@ struct mpk_task_smem {
     int32_t pre_bad;        // a position was not mapped: do not use them
     long long inputs_mark;  // profiling: %globaltimer when the running task's inputs were on chip
     int32_t marking;        // profiling: tasks mark their phases
+    int32_t split_last;     // attention split: this task was the last of its head to arrive
 };
 
 MPK_DEV mpk_task_smem *mpk_smem() {

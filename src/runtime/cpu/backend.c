@@ -434,6 +434,8 @@ static mpk_status cpu_run(mpk_kernel *k, mpk_token_fn on_tokens, void *user) {
     k->batch->iteration = 0;
     k->batch->num_entries = 0;
     for (int32_t e = 0; e < g->num_events; e++) atomic_store(&rt->counters[e], 0);
+    for (int32_t i = 0; i < k->num_tensors; i++)
+        if (k->tensors[i]->zero_each_run) memset(k->tensors[i]->host, 0, k->tensors[i]->bytes);
     for (int32_t i = 0; i < rt->W; i++) {
         memset((void *)rt->wq[i].slots, 0, rt->wq[i].cap * sizeof *rt->wq[i].slots);
         atomic_store(&rt->wq[i].tail, 0);

@@ -39,15 +39,18 @@ void mpk_cpu_run_task(const mpk_task_desc *d, const mpk_variant *v, const mpk_ba
         break;
     case MPK_TASK_ATTENTION: {
         // p: G, D, ld_qkv, ld_out, page_size, page_stride, has_qnorm, has_knorm, has_rope,
-        // heads per task. Operands are at the task's first kv head; step one head at a time.
+        // heads per task, splits, workspace floats per head; iparam[0]: the task's split.
+        // Operands are at the task's first kv head; step one head at a time.
         int32_t G = p[0], D = p[1];
-        for (int32_t h = 0; h < p[9]; h++)
+        for (int32_t h = 0; h < p[9]; h++) {
+            mpk_attention_split sp = {d->iparam[0], p[10], p[10] > 1 ? PTR(float, 7) + (int64_t)h * p[11] : NULL};
             mpk_attention_cpu(PTR(const mpk_bf16, 0) + (int64_t)h * (G + 2) * D,
                               PTR(mpk_bf16, 1) + (int64_t)h * p[4] * D,
                               PTR(mpk_bf16, 2) + (int64_t)h * p[4] * D,
                               p[6] ? PTR(const mpk_bf16, 3) : NULL, p[7] ? PTR(const mpk_bf16, 4) : NULL,
                               p[8] ? PTR(const float, 5) : NULL, PTR(mpk_bf16, 6) + (int64_t)h * G * D, b,
-                              G, D, p[2], p[3], p[4], p[5], v->f[0], v->f[1]);
+                              G, D, p[2], p[3], p[4], p[5], v->f[0], v->f[1], p[10] > 1 ? &sp : NULL);
+        }
         break;
     }
     case MPK_TASK_ATTENTION_LINEAR:

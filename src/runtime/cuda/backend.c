@@ -696,6 +696,8 @@ static mpk_status cuda_run(mpk_kernel *k, mpk_token_fn on_tokens, void *user) {
     ZERO(a->event_queue_tail, 8 * S);
     ZERO(a->control, sizeof(mpk_dev_control));
     ZERO(a->profile_count, sizeof(unsigned int) * W);
+    for (int32_t i = 0; i < k->num_tensors; i++)
+        if (k->tensors[i]->zero_each_run) ZERO(k->tensors[i]->device, k->tensors[i]->bytes);
 #undef ZERO
     if (!st) {
         mpk_dev_worker_status idle[64];

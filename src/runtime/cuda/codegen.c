@@ -153,21 +153,26 @@ static mpk_status emit_variant_body(mpk_kernel *k, mpk_sbuf *b, int32_t id, cons
                         "%d, %d, %d, %d, %d, %d);\n",
                         p[2], p[4], p[5], p[0], p[1], p[2], p[3], p[4], p[5]);
         break;
-    case MPK_TASK_ATTENTION:  // qkv, k_cache, v_cache, q_norm, k_norm, inv_freq, out
+    case MPK_TASK_ATTENTION:  // qkv, k_cache, v_cache, q_norm, k_norm, inv_freq, out, split workspace
         // G, D, ld_qkv, ld_out, page_size, page_stride, has_qnorm, has_knorm, has_rope,
-        // kv heads per task; f0 norm eps, f1 scale. The CPU/GPU kernel does one kv head.
+        // kv heads per task, splits, workspace floats per head; f0 norm eps, f1 scale; iparam[0]
+        // the task's split. The CPU/GPU kernel does one kv head.
         mpk_sbuf_printf(b,
                         "    (void)r0; (void)r1;  // attention covers every row of the batch\n"
                         "    for (int h = 0; h < %d; h++)\n"
                         "        mpk_attention_cuda(" OP(CBF, 0) " + (int64_t)h * %lld, " OP(BF, 1)
                         " + (int64_t)h * %lld, " OP(BF, 2) " + (int64_t)h * %lld,\n"
                         "                           %s, %s, %s, " OP(BF, 6) " + (int64_t)h * %lld, b,\n"
-                        "                           %d, %d, %d, %d, %d, %d, %.9gf, %.9gf);\n",
+                        "                           %d, %d, %d, %d, %d, %d, %.9gf, %.9gf",
                         p[9], (long long)(p[0] + 2) * p[1], (long long)p[4] * p[1],
                         (long long)p[4] * p[1],
                         p[6] ? OP(CBF, 3) : "(const mpk_bf16 *)0", p[7] ? OP(CBF, 4) : "(const mpk_bf16 *)0",
                         p[8] ? OP("const float", 5) : "(const float *)0", (long long)p[0] * p[1],
                         p[0], p[1], p[2], p[3], p[4], p[5], (double)v->f[0], (double)v->f[1]);
+        if (p[10] > 1)
+            mpk_sbuf_printf(b, ",\n                           (const mpk_l2_ask *)0, d.iparam[0], %d, " OP("float", 7)
+                            " + (int64_t)h * %d", p[10], p[11]);
+        mpk_sbuf_printf(b, ");\n");
         break;
     case MPK_TASK_ATTENTION_LINEAR:  // qkv, k_cache, v_cache, q_norm, k_norm, inv_freq, w, part
         // attention's p[0..9] with p[3] = ld_w, then n, ld_part; every task of a group appends
