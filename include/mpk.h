@@ -217,10 +217,10 @@ mpk_status mpk_linear_with_residual_layer(mpk_kernel *kernel, const mpk_tensor *
 // q_norm, k_norm (D) bf16 or NULL: per-head RMSNorm before RoPE (Qwen3).
 // rope_inv_freq (D/2) f32 or NULL: RoPE (rotate-half form) at each row's position.
 // output (T, Hq*D). grid.x splits the kv heads (Hkv % grid.x == 0). grid.y = S (1 to 64) splits
-// the positions of a lone decode row over S tasks per head group (flash-decoding: each takes a
-// contiguous range, the last to finish combines them) in iterations with at least S * 64
-// positions to attend to; in other iterations the first of the S runs the whole attention. The
-// layer then adds a workspace tensor named "<layer name>.split_workspace".
+// the positions of a lone decode row over up to S tasks per head group (flash-decoding): when
+// the row attends to n >= 128 positions, min(S, n / 64) of them take a contiguous range each and
+// the last to finish combines them; in other iterations the first of the S runs the whole
+// attention. The layer then adds a workspace tensor named "<layer name>.split_workspace".
 typedef struct mpk_attention_desc {
     const mpk_tensor *qkv;
     mpk_tensor *k_cache;

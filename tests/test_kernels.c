@@ -840,6 +840,9 @@ static void run_attention_split(int G, int D, int pos, int S, uint64_t seed) {
     float *ws = calloc((size_t)wsn, sizeof *ws);
     int t0, t1;
     const int splits = mpk_attention_split_range(S, 0, 1, pos, &t0, &t1);
+    int arrived = 0;
+    cr_assert(splits == 0 || (splits >= 2 && splits <= S && splits == ((pos + 1) / 64 < S ? (pos + 1) / 64 : S)),
+              "%d active splits at %d positions, S = %d", splits, pos + 1, S);
     for (int i = 0; i < S; i++) {
         const int s = (int)((i * 5 + 3) % S);  // (5 is prime to the S used below)
         mpk_attention_split sp = {s, S, ws};
@@ -848,10 +851,10 @@ static void run_attention_split(int G, int D, int pos, int S, uint64_t seed) {
         memcpy(before, split.p, sizeof(mpk_bf16) * G * D);
         mpk_attention_cpu(qkv, kc[1], vc[1], qn, kn, inv_freq, split.p, b, G, D, ld_qkv, ld_out,
                           ps, page_stride, eps, scale, &sp);
-        if (!splits && s != 0)
+        if (splits ? s >= splits : s != 0)
             cr_assert(memcmp(before, split.p, sizeof(mpk_bf16) * G * D) == 0,
-                      "split %d of an iteration that does not split wrote", s);
-        if (splits && i < S - 1)
+                      "split %d, which has nothing to do, wrote", s);
+        if (s < splits && ++arrived < splits)
             cr_assert(memcmp(before, split.p, sizeof(mpk_bf16) * G * D) == 0,
                       "split %d wrote before the last arrival", s);
     }
@@ -880,14 +883,16 @@ static void run_attention_split(int G, int D, int pos, int S, uint64_t seed) {
 }
 
 Test(kernels, attention_split_over_positions) {
-    run_attention_split(2, 128, 8 * 64 - 1, 8, 110);  // exactly S * 64 positions: the first split iteration
+    run_attention_split(2, 128, 8 * 64 - 1, 8, 110);  // exactly S * 64 positions: all 8 splits attend
     run_attention_split(2, 128, 700, 8, 111);         // the last split shorter than the others
     run_attention_split(4, 64, 1500, 16, 112);
     run_attention_split(1, 40, 300, 3, 113);          // odd S and head size, G = 1
+    run_attention_split(2, 128, 127, 8, 116);         // 128 positions: 2 of the 8 splits attend
+    run_attention_split(2, 64, 8 * 64 - 2, 8, 117);   // 7 of 8
 }
 
 Test(kernels, attention_split_below_threshold) {
-    run_attention_split(2, 128, 8 * 64 - 2, 8, 114);  // one position short: split 0 does it all
+    run_attention_split(2, 128, 126, 8, 114);  // one position short of two splits: split 0 does it all
     run_attention_split(2, 64, 5, 4, 115);
 }
 

@@ -788,11 +788,12 @@ static void generate(mpk_kernel *k, const int32_t *prompt, int32_t len, int32_t 
 }
 
 // Whether the builder fuses attention with o_proj by default (builder.c: fuse_attention): the
-// outputs fit on chip and a task's projection slice is at most 32 KB.
-static int expect_fused(const mpk_model_config *c, int64_t T, int32_t W) {
+// outputs fit on chip, a task's projection slice is at most 32 KB and the context at most 256.
+static int expect_fused(const mpk_model_config *c, int64_t T, int32_t W, int32_t ctx) {
     int64_t GD = (int64_t)c->num_heads / c->num_kv_heads * c->head_dim, H = c->hidden_size;
     int64_t slice = H / mpk_build_attention_linear_chunks(H, c->num_kv_heads, W) * GD * 2;
-    return GD % 8 == 0 && T * GD * 2 <= MPK_ATTENTION_LINEAR_MAX_ROW_BYTES && slice <= 32 * 1024;
+    return GD % 8 == 0 && T * GD * 2 <= MPK_ATTENTION_LINEAR_MAX_ROW_BYTES && slice <= 32 * 1024 &&
+           ctx <= 256;
 }
 
 // Tasks the builder emits for config c with W workers (the grid rules of builder.c).
@@ -825,7 +826,7 @@ static void build_and_check(mpk_model_config c, int32_t W, int sampling) {
     cr_assert_eq(mpk_graph_get_stats(k, &s), MPK_OK);
     // embed, 5 per decoder layer (4 with attention and o_proj fused), LM head, argmax (partial +
     // reduce) or sampling.
-    int fused = expect_fused(&c, 8, W);
+    int fused = expect_fused(&c, 8, W, 64);
     cr_expect_eq(s.num_layers, 1 + (fused ? 4 : 5) * c.num_layers + 1 + (sampling ? 1 : 2));
     cr_expect_eq(s.num_tasks, expected_tasks(&c, W, sampling, fused), "%s W=%d: %d tasks", preset, W,
                  s.num_tasks);
@@ -1010,6 +1011,29 @@ Test(model, attention_splits_match_whole) {
         cr_expect(memcmp(t1, ts, sizeof ts) == 0, "S=%d: tokens differ: %d %d %d vs %d %d %d", S, ts[0],
                   ts[1], ts[2], t1[0], t1[1], t1[2]);
     }
+}
+
+// The automatic layout: attention fused with o_proj for a short-context kernel, separate (and
+// split over positions) for one of more than 256 positions.
+Test(model, attention_output_auto_by_context) {
+    mpk_model_config c;
+    cr_assert_eq(mpk_model_config_preset("qwen3-tiny", &c), MPK_OK);
+    mpk_model *m;
+    char err[256] = "";
+    cr_assert_eq(mpk_model_create_random(&c, 11, &m, err, sizeof err), MPK_OK, "%s", err);
+    const int32_t ctx[2] = {256, 257};
+    for (int i = 0; i < 2; i++) {
+        mpk_kernel *k = cpu_kernel(4, 8, ctx[i]);
+        cr_assert_eq(mpk_model_build(m, k, NULL), MPK_OK, "%s", mpk_last_error(k));
+        mpk_tensor *ws;
+        int split = mpk_tensor_find(k, "model.layers.0.attention.split_workspace", &ws) == MPK_OK;
+        int fused = mpk_tensor_find(k, "model.layers.0.o_proj.partial", &ws) == MPK_OK;
+        cr_expect_eq(fused, expect_fused(&c, 8, 4, ctx[i]), "ctx %d: fused %d", ctx[i], fused);
+        cr_expect_eq(fused, i == 0, "ctx %d: fused %d", ctx[i], fused);
+        cr_expect_eq(split, !fused && mpk_build_attention_splits(c.num_kv_heads, 4) > 1, "ctx %d", ctx[i]);
+        mpk_kernel_free(k);
+    }
+    mpk_model_free(m);
 }
 
 // Impossible split counts are refused by name.

@@ -99,7 +99,8 @@ typedef struct mpk_build_options {
     int32_t num_workers_hint;  // workers to size the grids for; 0 = the kernel's num_workers
                                // (or 8 when that is 0 too)
     // How attention meets the output projection: MPK_ATTN_OUT_AUTO (0) fuses them
-    // (mpk_attention_linear_layer, one stage less per layer) when the layer accepts the shapes,
+    // (mpk_attention_linear_layer, one stage less per layer) where that measured faster (small
+    // projection slices, kernels of max_seq_len <= 256: the fused attention is not split),
     // MPK_ATTN_OUT_FUSED requires it, MPK_ATTN_OUT_SEPARATE keeps attention and o_proj apart.
     int32_t attention_output;
     // Tasks per kv head that split a long decode row's attention over its positions

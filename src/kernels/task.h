@@ -86,7 +86,8 @@ MPK_STATIC_ASSERT(sizeof(mpk_task_desc) == 128, "task descriptor is 128 bytes");
 //                              split workspace(+group) f32                 page_size, page_stride,
 //                                                                          has_qnorm, has_knorm, has_rope,
 //                                                                          heads per task, S, ws floats
-//                                                                          per head; iparam[0] = split
+//                                                                          per head; iparam[0] = split,
+//                                                                          iparam[1] = S
 // SILU_MUL                     gate(+col), up(+col), out(+col)             n, ld_in, ld_out
 // SILU_MUL_LINEAR_RESIDUAL     in (gate; up at +I), w(+row), res(+col), out(+col)
 //                                                                          I, n, ld_in, ld_w, ld_res, ld_out
@@ -109,9 +110,9 @@ MPK_STATIC_ASSERT(sizeof(mpk_task_desc) == 128, "task descriptor is 128 bytes");
 //                                                                          iparam[0..1] = the x_out
 //                                                                          columns [c0, c0 + count)
 //                                                                          this task writes
-// ATTENTION's p[10] = S > 1 splits a decode row's positions over S tasks per head group
-// (flash-decoding), task iparam[0] = its split s, operand 7 the split workspace (+group) with
-// p[11] floats per kv head; p[10] = 0 or 1: no split, operand 7 unused.
+// ATTENTION's p[10] = S > 1 splits a decode row's positions over up to S tasks per head group
+// (flash-decoding, below), task iparam[0] = its split s, iparam[1] = S, operand 7 the split
+// workspace (+group) with p[11] floats per kv head; p[10] = 0 or 1: no split, operand 7 unused.
 // f[0] is eps (norms) / norm eps (attention); f[1] the softmax scale (attention).
 #define MPK_VARIANT_MAX_PARAMS 12
 
@@ -129,31 +130,37 @@ MPK_STATIC_ASSERT(sizeof(mpk_variant) == 64, "variant is 64 bytes");
 // ---- attention split over positions (flash-decoding) ---------------------------------------
 // At batch 1 a kv head's attention is one task's work: at long contexts it is the step's
 // bottleneck (bench/NOTES.md v11: 70% of Qwen3-8B's step at depth 4096 on 8 workers). The layer
-// may split it over S tasks per head group; in an iteration whose batch is one row with at least
-// S * MPK_ATTENTION_SPLIT_MIN_POSITIONS positions to attend to, split s takes a contiguous range
-// of positions, leaves its unnormalised partial (acc[D], max, sum per query head) in the head's
-// workspace and takes a ticket; the S-th arrival combines the S partials into the output and
-// sets the ticket back to 0. Any other iteration: split 0 runs the whole attention, the others
-// return at once. Both backends decide with mpk_attention_split_range, so they split alike.
+// may split it over S tasks per head group. In an iteration whose batch is one row with n >= 2 *
+// MPK_ATTENTION_SPLIT_MIN_POSITIONS positions to attend to, the first A = min(S, n / MIN) splits
+// each take a contiguous range of positions, leave their unnormalised partial (acc[D], max, sum
+// per query head) in the head's workspace and take a ticket; the A-th arrival combines the A
+// partials into the output and sets the ticket back to 0; splits from A on do nothing. Any other
+// iteration: split 0 runs the whole attention, the others do nothing. Both backends decide with
+// mpk_attention_split_range, so they split alike.
 #define MPK_ATTENTION_MAX_SPLITS 64
 #define MPK_ATTENTION_SPLIT_MIN_POSITIONS 64
 // A kv head's workspace: a 32-bit ticket, padding to 16 bytes, then S slots of G units of
 // (acc[D], max, sum) floats.
 #define MPK_ATTENTION_SPLIT_HEADER 4
-
 #define MPK_ATTENTION_SPLIT_WS_FLOATS(S, G, D) \
     (MPK_ATTENTION_SPLIT_HEADER + (int64_t)(S) * (G) * ((D) + 2))
 
-// 1 when split s of S attends positions [*t0, *t1) of the batch's only row (position pos, rows
-// rows), 0 when this iteration does not split. The last split holds pos, so it alone appends the
-// row's key and value.
-static inline MPK_HD int mpk_attention_split_range(int32_t S, int32_t s, int32_t rows, int32_t pos,
-                                                   int32_t *t0, int32_t *t1) {
-    if (S <= 1 || rows != 1 || pos < 0 || pos + 1 < S * MPK_ATTENTION_SPLIT_MIN_POSITIONS) return 0;
-    const int32_t c = (pos + 1 + S - 1) / S;  // >= 64, so (S - 1) * c < pos + 1: no split is empty
-    *t0 = s * c;
-    *t1 = *t0 + c < pos + 1 ? *t0 + c : pos + 1;
-    return 1;
+// The number A of splits that attend this iteration (0: the iteration does not split), and split
+// s's positions [*t0, *t1) of the batch's only row (position pos; rows rows), empty from s = A
+// on. The last active split holds pos, so it alone appends the row's key and value.
+static inline MPK_HD int32_t mpk_attention_split_range(int32_t S, int32_t s, int32_t rows, int32_t pos,
+                                                       int32_t *t0, int32_t *t1) {
+    *t0 = *t1 = 0;
+    if (S <= 1 || rows != 1 || pos < 0) return 0;
+    int32_t A = (pos + 1) / MPK_ATTENTION_SPLIT_MIN_POSITIONS;
+    if (A > S) A = S;
+    if (A < 2) return 0;
+    const int32_t c = (pos + 1 + A - 1) / A;  // >= 64 > A - 1, so (A - 1) * c < pos + 1: none empty
+    if (s < A) {
+        *t0 = s * c;
+        *t1 = *t0 + c < pos + 1 ? *t0 + c : pos + 1;
+    }
+    return A;
 }
 
 // Event flags.

@@ -78,6 +78,7 @@ typedef struct build_ctx {
     mpk_dim3 block;     // {0,0,0}: each task's default
     int32_t attention_output;  // MPK_ATTN_OUT_*
     int32_t attention_splits;  // mpk_attention_layer's grid.y
+    int32_t ctx;               // the kernel's max_seq_len
 } build_ctx;
 
 // Splits of a kv head's attention over positions (long contexts at batch 1): by default the
@@ -100,8 +101,12 @@ int32_t mpk_build_attention_linear_chunks(int64_t H, int32_t Hkv, int32_t W) {
 // (bench/NOTES.md, v9): when a task's slice of the projection (H / chunks rows of G * D) is at
 // most MPK_BUILD_FUSE_MAX_SLICE bytes (Qwen3-0.6B: 32 KB, 3% faster). With larger slices
 // (Qwen3-1.7B 64 KB: 3% slower, Qwen3-8B 256 KB: 10% slower) the product after the attention,
-// K = G * D short and many rows per warp, outweighs the hand-off it saves.
+// K = G * D short and many rows per warp, outweighs the hand-off it saves. And only for kernels
+// of short contexts (max_seq_len <= MPK_BUILD_FUSE_MAX_CONTEXT): the fused attention cannot be
+// split over positions, and from ~100 positions on the separate one, split, is faster (v12:
+// Qwen3-0.6B at depth 1024 1.16 against 2.14 ms/token).
 #define MPK_BUILD_FUSE_MAX_SLICE (32 * 1024)
+#define MPK_BUILD_FUSE_MAX_CONTEXT 256
 static int fuse_attention(const build_ctx *b) {
     const mpk_model_config *c = &b->m->cfg;
     const int64_t G = c->num_heads / c->num_kv_heads, D = c->head_dim, H = c->hidden_size;
@@ -109,7 +114,7 @@ static int fuse_attention(const build_ctx *b) {
     if (b->attention_output == MPK_ATTN_OUT_FUSED) return 1;
     const int64_t slice = H / mpk_build_attention_linear_chunks(H, c->num_kv_heads, b->W) * G * D * 2;
     return (G * D) % 8 == 0 && b->T * G * D * 2 <= MPK_ATTENTION_LINEAR_MAX_ROW_BYTES &&
-           slice <= MPK_BUILD_FUSE_MAX_SLICE;
+           slice <= MPK_BUILD_FUSE_MAX_SLICE && b->ctx <= MPK_BUILD_FUSE_MAX_CONTEXT;
 }
 
 // x (T, H) in, *x_out (T, H) out.
@@ -197,6 +202,7 @@ mpk_status mpk_model_build(mpk_model *m, mpk_kernel *k, const mpk_build_options 
     const mpk_kernel_params *p = mpk_kernel_get_params(k);
     build_ctx b = {
         .k = k, .m = m, .T = p->max_batched_tokens, .P = p->num_pages, .S = p->page_size,
+        .ctx = p->max_seq_len,
         .W = o.num_workers_hint > 0 ? o.num_workers_hint
              : p->num_workers > 0   ? p->num_workers
                                     : 8,

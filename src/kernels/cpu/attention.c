@@ -190,12 +190,12 @@ static void attend_rows(const mpk_bf16 *qkv, const mpk_bf16 *k_cache, const mpk_
 // ---- attention split over positions (task.h: mpk_attention_split_range) -----------------------
 
 // Split sp->s of the only row's attention: positions [t0, t1) into the split's slot of the head's
-// workspace; the last of the S splits to arrive combines the slots into out.
+// workspace; the last of the A active splits to arrive combines their slots into out.
 static void attend_split(const mpk_bf16 *qkv, const mpk_bf16 *k_cache, const mpk_bf16 *v_cache,
                          const mpk_bf16 *q_norm, const float *inv_freq, const mpk_batch *batch,
                          int32_t G, int32_t D, int32_t page_size, int64_t page_stride, float eps,
-                         float scale, int32_t t0, int32_t t1, const mpk_attention_split *sp,
-                         mpk_bf16 *out) {
+                         float scale, int32_t t0, int32_t t1, int32_t A,
+                         const mpk_attention_split *sp, mpk_bf16 *out) {
     const int32_t *row_entry = MPK_BATCH_CARRAY(batch, off_row_entry, int32_t);
     const int32_t *row_pos = MPK_BATCH_CARRAY(batch, off_row_pos, int32_t);
     const int32_t *entry_slot = MPK_BATCH_CARRAY(batch, off_entry_slot, int32_t);
@@ -213,12 +213,12 @@ static void attend_split(const mpk_bf16 *qkv, const mpk_bf16 *k_cache, const mpk
     }
     // The ticket: acq_rel, so the last arrival sees every split's slot.
     uint32_t *ticket = (uint32_t *)sp->ws;
-    if (__atomic_fetch_add(ticket, 1u, __ATOMIC_ACQ_REL) != (uint32_t)sp->S - 1) return;
+    if (__atomic_fetch_add(ticket, 1u, __ATOMIC_ACQ_REL) != (uint32_t)A - 1) return;
     for (int32_t g = 0; g < G; g++) {
         float M = -INFINITY;
-        for (int32_t s = 0; s < sp->S; s++) M = fmaxf(M, slots[((int64_t)s * G + g) * unit + D]);
+        for (int32_t s = 0; s < A; s++) M = fmaxf(M, slots[((int64_t)s * G + g) * unit + D]);
         float acc[MPK_ATTENTION_MAX_HEAD_DIM] = {0}, den = 0.0f;
-        for (int32_t s = 0; s < sp->S; s++) {
+        for (int32_t s = 0; s < A; s++) {
             const float *u = slots + ((int64_t)s * G + g) * unit;
             if (!(u[D + 1] > 0.0f)) continue;  // the split attended to nothing
             const float f = expf(u[D] - M);
@@ -238,10 +238,10 @@ void mpk_attention_cpu(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache
                        float eps, float scale, const mpk_attention_split *split) {
     if (G <= 0 || D <= 0) return;
     const int32_t S = split ? split->S : 1, s = split ? split->s : 0;
-    int32_t t0 = 0, t1 = 0;
-    const int split_now = batch->num_tokens == 1 &&
-        mpk_attention_split_range(S, s, 1, MPK_BATCH_CARRAY(batch, off_row_pos, int32_t)[0], &t0, &t1);
-    if (!split_now && s != 0) return;  // split 0 runs the whole attention
+    int32_t t0, t1;
+    const int32_t A = mpk_attention_split_range(S, s, batch->num_tokens,
+                                                MPK_BATCH_CARRAY(batch, off_row_pos, int32_t)[0], &t0, &t1);
+    if (A ? s >= A : s != 0) return;  // (unsplit: split 0 runs the whole attention)
     if (D > MPK_ATTENTION_MAX_HEAD_DIM) {
         if (s != 0) return;
         for (int32_t r = 0; r < batch->num_tokens; r++)
@@ -249,12 +249,12 @@ void mpk_attention_cpu(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache
                 out[(int64_t)r * ld_out + c] = mpk_f32_to_bf16(NAN);
         return;
     }
-    if (split_now) {
-        if (s == S - 1)  // the split that holds the row's position appends its key and value
+    if (A) {
+        if (s == A - 1)  // the split that holds the row's position appends its key and value
             append_rows(qkv, k_cache, v_cache, k_norm, inv_freq, batch, G, D, ld_qkv, page_size,
                         page_stride, eps);
         attend_split(qkv, k_cache, v_cache, q_norm, inv_freq, batch, G, D, page_size, page_stride,
-                     eps, scale, t0, t1, split, out);
+                     eps, scale, t0, t1, A, split, out);
         return;
     }
     // Every row's k and v first: a prefill chunk's rows attend to each other's positions.

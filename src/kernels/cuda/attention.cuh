@@ -359,30 +359,30 @@ __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf1
 
 // ---- a split of the row's positions (flash-decoding, task.h) -------------------------------------
 // After mpk_attn_row left this split's partial in its slot of the head's workspace ws (and its
-// closing barrier ordered those stores before thread 0): take a ticket; the S-th arrival combines
-// the S slots into out_row and sets the ticket back to 0 for the next iteration (whose splits
+// closing barrier ordered those stores before thread 0): take a ticket; the A-th arrival combines
+// the A active slots into out_row and sets the ticket back to 0 for the next iteration (whose splits
 // run after this task's completion is published, by the event chain). The slots are read from
 // L2 (__ldcg): another SM wrote them, and this SM may hold a line of an earlier iteration in L1.
-MPK_DEV void mpk_attn_split_finish(float *ws, int32_t S, int32_t G, int32_t D, mpk_bf16 *out_row) {
+MPK_DEV void mpk_attn_split_finish(float *ws, int32_t A, int32_t G, int32_t D, mpk_bf16 *out_row) {
     mpk_task_smem *sm = mpk_smem();
     unsigned int *ticket = (unsigned int *)ws;
     if (threadIdx.x == 0) {
         unsigned int old;
         asm volatile("fence.acq_rel.gpu;" ::: "memory");  // release the block's partial
         asm volatile("atom.relaxed.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(ticket) : "memory");
-        const bool last = old == (unsigned int)S - 1;
+        const bool last = old == (unsigned int)A - 1;
         if (last) asm volatile("fence.acq_rel.gpu;" ::: "memory");  // acquire the others'
         sm->split_last = last;
     }
     mpk_sync();
     if (!sm->split_last) return;
-    const float *slots = ws + MPK_ATTENTION_SPLIT_HEADER;  // (S, G, D + 2)
+    const float *slots = ws + MPK_ATTENTION_SPLIT_HEADER;  // (A, G, D + 2) of (S, G, D + 2)
     for (int32_t i = threadIdx.x; i < G * D; i += MPK_DEV_THREADS) {
         const int32_t g = i / D, d = i % D;
         float M = -INFINITY;
-        for (int32_t s = 0; s < S; s++) M = fmaxf(M, __ldcg(slots + ((int64_t)s * G + g) * (D + 2) + D));
+        for (int32_t s = 0; s < A; s++) M = fmaxf(M, __ldcg(slots + ((int64_t)s * G + g) * (D + 2) + D));
         float num = 0.0f, den = 0.0f;
-        for (int32_t s = 0; s < S; s++) {
+        for (int32_t s = 0; s < A; s++) {
             const float *u = slots + ((int64_t)s * G + g) * (D + 2);
             const float l = __ldcg(u + D + 1);
             if (!(l > 0.0f)) continue;  // the split attended to nothing
@@ -489,9 +489,10 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
     const int32_t *entry_slot = MPK_BATCH_CARRAY(b, off_entry_slot, int32_t);
     const int32_t *page_tables = MPK_BATCH_CARRAY(b, off_page_table, int32_t);
     const int32_t rows = b->num_tokens;
-    int32_t t_lo = 0, t_hi = 0;
-    const bool split_now = ws && mpk_attention_split_range(S, split, rows, rows == 1 ? row_pos[0] : -1, &t_lo, &t_hi);
-    if (!split_now && split != 0) return;  // split 0 runs the whole attention
+    int32_t t_lo, t_hi;
+    const int32_t A = ws ? mpk_attention_split_range(S, split, rows, rows == 1 ? row_pos[0] : -1, &t_lo, &t_hi) : 0;
+    const bool split_now = A > 0;
+    if (A ? split >= A : split != 0) return;  // (unsplit: split 0 runs the whole attention)
     if (G <= 0 || D <= 0) return;
     if (D > MPK_ATTN_MAX_D || (G + nwarps) * D > MPK_DYN_SMEM_BYTES / 4 || G * D + G * (D + 2) > MPK_DYN_SMEM_BYTES / 4) {
         for (int64_t i = threadIdx.x; i < (int64_t)rows * G * D; i += MPK_DEV_THREADS)
@@ -516,7 +517,7 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
 
     // Every row's k and v first: a prefill chunk's rows attend to each other's positions. Of a
     // split, only the last (it holds the row's position) appends.
-    const int32_t append_rows = !split_now || split == S - 1 ? rows : 0;
+    const int32_t append_rows = !split_now || split == A - 1 ? rows : 0;
     for (int32_t r = warp; r < append_rows; r += nwarps) {
         int64_t off = sm->pre_off;
         if (!pre) {
@@ -552,7 +553,7 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
                      split_now ? t_lo : 0, split_now ? t_hi : row_pos[r] + 1, G, D, page_size,
                      page_stride, eps, scale, out + (int64_t)r * ld_out, part, r == 0 && early_q, kvs);
     }
-    if (split_now) mpk_attn_split_finish(ws, S, G, D, out);
+    if (split_now) mpk_attn_split_finish(ws, A, G, D, out);
     if (MPK_ATTN_PRELOAD && threadIdx.x == 0) sm->pre_bad = 0;  // (after the body's last barrier)
 }
 
