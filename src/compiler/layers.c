@@ -444,7 +444,6 @@ mpk_status mpk_attention_layer(mpk_kernel *k, const mpk_attention_desc *d, mpk_d
             mpk_task_rec *r = new_task(&c, MPK_TASK_ATTENTION, 0, (int32_t)T);
             if (!r) return OOM(&c);
             r->desc.iparam[0] = s;
-            r->desc.iparam[1] = S;  // (for a runtime that skips the splits of an unsplit iteration)
             operand(k, 6, d->output, 0, h0 * G * D);
             if (!attention_operands(k, d, G, h0, h1)) return OOM(&c);
             // Tasks of a layer must not declare overlapping writes, yet the next layer must wait

@@ -86,8 +86,7 @@ MPK_STATIC_ASSERT(sizeof(mpk_task_desc) == 128, "task descriptor is 128 bytes");
 //                              split workspace(+group) f32                 page_size, page_stride,
 //                                                                          has_qnorm, has_knorm, has_rope,
 //                                                                          heads per task, S, ws floats
-//                                                                          per head; iparam[0] = split,
-//                                                                          iparam[1] = S
+//                                                                          per head; iparam[0] = split
 // SILU_MUL                     gate(+col), up(+col), out(+col)             n, ld_in, ld_out
 // SILU_MUL_LINEAR_RESIDUAL     in (gate; up at +I), w(+row), res(+col), out(+col)
 //                                                                          I, n, ld_in, ld_w, ld_res, ld_out
@@ -111,7 +110,7 @@ MPK_STATIC_ASSERT(sizeof(mpk_task_desc) == 128, "task descriptor is 128 bytes");
 //                                                                          columns [c0, c0 + count)
 //                                                                          this task writes
 // ATTENTION's p[10] = S > 1 splits a decode row's positions over up to S tasks per head group
-// (flash-decoding, below), task iparam[0] = its split s, iparam[1] = S, operand 7 the split
+// (flash-decoding, below), task iparam[0] = its split s, operand 7 the split
 // workspace (+group) with p[11] floats per kv head; p[10] = 0 or 1: no split, operand 7 unused.
 // f[0] is eps (norms) / norm eps (attention); f[1] the softmax scale (attention).
 #define MPK_VARIANT_MAX_PARAMS 12

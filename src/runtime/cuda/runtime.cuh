@@ -241,13 +241,6 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
 #if MPK_ATTN_PRELOAD
     if (num_tokens >= 0) mpk_preload_task(dg, a.batch, num_tokens);  // (static mode knows the rows now)
 #endif
-    // A split of an attention that this iteration does not split (task.h) has nothing to do: in
-    // static mode (the batch is known before the task's event) it neither waits for its inputs
-    // nor publishes outputs, it only counts towards its successors' event, off their critical path.
-    int32_t t_lo, t_hi;
-    const bool idle = num_tokens >= 0 && dg.type == MPK_TASK_ATTENTION && dg.iparam[0] > 0 &&
-                      mpk_attention_split_range(dg.iparam[1], dg.iparam[0], num_tokens,
-                                                MPK_BATCH_CARRAY(a.batch, off_row_pos, int32_t)[0], &t_lo, &t_hi) <= dg.iparam[0];
     mpk_stream *stream = mpk_stream_state();
     if (threadIdx.x == 0) {
         if (prof) sh->t_wait = mpk_globaltimer();
@@ -258,7 +251,7 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
         ws->event = ev;
         ws->state = MPK_DEV_W_WAITING;
         bool ok = true;
-        if (ev != MPK_EVENT_NONE && !idle)
+        if (ev != MPK_EVENT_NONE)
             ok = mpk_wait_geq(a, mpk_counter(a, ev), (unsigned long long)dg.wait_count * iter);
         if (ok) ws->state = MPK_DEV_W_RUNNING;  // an aborted wait stays visible to the host
         sh->flag = ok;
@@ -270,7 +263,7 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
     }
     mpk_sync();
     if (!sh->flag) return false;
-    if (!idle && !mpk_dispatch_task(d, a.batch, sh->num_tokens) && threadIdx.x == 0) mpk_device_error(a, t);
+    if (!mpk_dispatch_task(d, a.batch, sh->num_tokens) && threadIdx.x == 0) mpk_device_error(a, t);
     // Read what the triggers need before the barrier: past it, warp 1 may already be copying
     // the next task's descriptor over sh->desc.
     const uint32_t trig_begin = d.trigger_begin, trig_end = d.trigger_end;
@@ -284,7 +277,7 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
         const int64_t t_body = prof ? mpk_globaltimer() : 0;
         // One release fence orders the block's outputs (the barrier above made them this
         // thread's to publish) before every increment; the adds themselves are then relaxed.
-        if (!idle) asm volatile("fence.acq_rel.gpu;" ::: "memory");
+        asm volatile("fence.acq_rel.gpu;" ::: "memory");
         for (uint32_t i = trig_begin; i < trig_end; i++) {
             const uint32_t e = a.triggers[i];
             if (e == a.stall_event) continue;  // test hook: this event never fires
@@ -361,11 +354,10 @@ __device__ void mpk_worker_static(const mpk_dev_args &a, mpk_worker_shared *sh, 
         const int32_t i0 = a.worker_task_begin[w], i1 = a.worker_task_begin[w + 1];
         for (int32_t i = i0; i < i1; i++) {
             // The next task, wrapping to the first of the next iteration (layer 0's weights
-            // arrive during the LM head); past one without weights (an attention, or a split of
-            // one with nothing to do) to the one after it, whose weights would otherwise be
-            // asked for only once the task before it is done.
-            int32_t next = i + 1 < i1 ? a.worker_tasks[i + 1] : a.worker_tasks[i0];
-            if (!a.tasks[next].prefetch_bytes && i + 2 < i1) next = a.worker_tasks[i + 2];
+            // arrive during the LM head). (Looking past a task without weights, e.g. an idle
+            // attention split between a worker's qkv and o_proj tiles, measured slower; so did
+            // letting an idle split skip its wait: bench/NOTES.md v12.)
+            const int32_t next = i + 1 < i1 ? a.worker_tasks[i + 1] : a.worker_tasks[i0];
             if (!mpk_run_task(a, sh, w, a.worker_tasks[i], iter, next, iter == 1 && i == i0, nt))
                 return;
         }
