@@ -196,8 +196,9 @@ Test(profile, cli_writes_trace_and_picture, .timeout = 120) {
     cr_expect_eq(system(cmd), 0);
 }
 
-// `mpk bench -d`: decode after a D-token prompt is its own row (tgN @ dD) with a positive speed,
-// next to the plain tgN row of another run; a negative depth is refused with the usage error.
+// `mpk bench -d`: decode after a D-token prompt is its own row (tgN @ dD) with a positive speed;
+// lists (-d 0,40 -p 0,8) give one row per test in order, on one kernel; a negative depth and a
+// malformed list are refused with the usage error.
 Test(profile, cli_bench_depth, .timeout = 120) {
     char dir[] = "/tmp/mpk-bench-XXXXXX";
     cr_assert(mkdtemp(dir));
@@ -215,13 +216,32 @@ Test(profile, cli_bench_depth, .timeout = 120) {
     cr_expect_str_eq(test, "tg3 @ d40");
     cr_expect_gt(ms, 0.0);
     free(text);
-    snprintf(cmd, sizeof cmd, "build/mpk bench --config qwen3-tiny --backend cpu -n 3 -p 0 -d -1 > %s 2>&1", out);
-    const int rc = system(cmd);
-    cr_expect(WIFEXITED(rc) && WEXITSTATUS(rc) == 2, "a negative depth must be refused");
+    snprintf(cmd, sizeof cmd, "build/mpk bench --config qwen3-tiny --backend cpu --workers 2 -n 3 -p 0,8 -d 0,40 -r 1 -o csv > %s 2>&1", out);
+    cr_assert_eq(system(cmd), 0, "mpk bench with lists failed");
     text = slurp(out);
     cr_assert(text);
-    cr_expect(strstr(text, "-d >= 0"), "the error names the option: %s", text);
+    const char *want[3] = {"tg3", "tg3 @ d40", "pp8"};
+    row = text;
+    for (int i = 0; i < 3; i++) {
+        row = strstr(row, "\nqwen3-tiny,");
+        cr_assert(row, "row %d missing in: %s", i, text);
+        row++;
+        cr_assert_eq(sscanf(row, "qwen3-tiny,%*[^,],cpu,%63[^,],%lf", test, &ms), 2, "row: %s", row);
+        cr_expect_str_eq(test, want[i]);
+        cr_expect_gt(ms, 0.0);
+    }
+    cr_expect_null(strstr(row, "\nqwen3-tiny,"), "more rows than tests: %s", text);
     free(text);
+    const char *bad[2] = {"-d -1", "-d 40,x"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(cmd, sizeof cmd, "build/mpk bench --config qwen3-tiny --backend cpu -n 3 -p 0 %s > %s 2>&1", bad[i], out);
+        const int rc = system(cmd);
+        cr_expect(WIFEXITED(rc) && WEXITSTATUS(rc) == 2, "'%s' must be refused", bad[i]);
+        text = slurp(out);
+        cr_assert(text);
+        cr_expect(strstr(text, "-d expects"), "the error names the option: %s", text);
+        free(text);
+    }
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     cr_expect_eq(system(cmd), 0);
 }

@@ -12,6 +12,8 @@ static const char *bench_usage =
     "usage: mpk bench [-m DIR]... [--config NAME]... [-n N] [-p N] [-d N] [-r R] [-o md|json|csv] [options]\n"
     "Measures batch-1 decode (tgN: N tokens generated after a 1-token prompt) and prefill (ppN: an\n"
     "N-token prompt in one iteration). Random weights are enough: --config names a real config.\n"
+    "-n, -p and -d take comma-separated lists (-d 0,1024,4096), as llama-bench does; one kernel per\n"
+    "model serves them all, sized to the largest.\n"
     "  -n N                  decode tokens per repetition; 0 skips tg (default: 128)\n"
     "  -p N                  prompt tokens; 0 skips pp (default: 512)\n"
     "  -d N                  depth: decode after an N-token prompt instead of a 1-token one, so\n"
@@ -50,57 +52,93 @@ static int run_once(cli_engine *e, int32_t prompt_len, int32_t n_new, double *se
     return 0;
 }
 
-static int bench_model(cli_opts *o, int32_t n_gen, int32_t n_prompt, int32_t depth, int reps,
-                       result *out, int *nout) {
-    o->batch_tokens = n_prompt > 0 ? n_prompt : 16;
+// Up to MAX_LIST values of -n, -p or -d.
+#define MAX_LIST 8
+#define MAX_RESULTS 256
+typedef struct int_list {
+    int32_t v[MAX_LIST];
+    int n;
+} int_list;
+
+// "a,b,c" of integers in [0, 1 << 20] into *l: 1, or 0 with a message.
+static int parse_list(const char *opt, const char *s, int_list *l) {
+    l->n = 0;
+    const char *p = s;
+    for (;;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 0 || v > (1 << 20) || (*end && *end != ',') || l->n == MAX_LIST) {
+            fprintf(stderr, "mpk: %s expects up to %d comma-separated integers in [0, %d], got '%s'\n", opt,
+                    MAX_LIST, 1 << 20, s);
+            return 0;
+        }
+        l->v[l->n++] = (int32_t)v;
+        if (!*end) return 1;
+        p = end + 1;
+    }
+}
+
+static int32_t list_max(const int_list *l) {
+    int32_t m = 0;
+    for (int i = 0; i < l->n; i++) m = l->v[i] > m ? l->v[i] : m;
+    return m;
+}
+
+// One test (decode: tg n_gen after a lead-token prompt; else pp n_prompt) over reps repetitions
+// after a warm-up, into *R.
+static int bench_test(cli_engine *e, cli_opts *o, int decode, int32_t n, int32_t depth, int reps,
+                      const char *device, double bw, result *R) {
     const int32_t lead = depth > 1 ? depth : 1;  // the decode runs' prompt
-    int32_t need = (n_prompt > lead + n_gen ? n_prompt : lead + n_gen) + 8;
+    double bytes = (double)mpk_model_weight_bytes_per_token(e->model), s;
+    if (run_once(e, decode ? lead : n, decode ? n : 1, &s, decode)) return 1;  // warm-up
+    double sum = 0, sum2 = 0;
+    for (int r = 0; r < reps; r++) {
+        if (run_once(e, decode ? lead : n, decode ? n : 1, &s, decode)) return 1;
+        double tps = decode ? 1.0 / s : n / s;
+        sum += tps;
+        sum2 += tps * tps;
+    }
+    memset(R, 0, sizeof *R);
+    snprintf(R->model, sizeof R->model, "%s", o->config_name ? o->config_name : e->dir);
+    R->size_gb = bytes / 1e9;
+    R->backend = mpk_kernel_backend(e->kernel) == MPK_BACKEND_CUDA ? "cuda" : "cpu";
+    if (decode && depth > 0)
+        snprintf(R->test, sizeof R->test, "tg%d @ d%d", n, depth);
+    else
+        snprintf(R->test, sizeof R->test, "%s%d", decode ? "tg" : "pp", n);
+    R->tps = sum / reps;
+    R->tps_sd = reps > 1 ? sqrt(fmax(0, (sum2 - sum * sum / reps) / (reps - 1))) : 0;
+    R->ms_per_token = 1e3 / R->tps;
+    R->gbps = decode ? bytes * R->tps / 1e9 : 0;
+    R->pct_bw = decode && bw > 0 ? 100.0 * bytes * R->tps / bw : 0;
+    snprintf(R->device, sizeof R->device, "%s", device);
+    R->read_bw = bw;
+    return 0;
+}
+
+// Every test of one model on one kernel: tg for each (-n, -d) pair, then pp for each -p.
+static int bench_model(cli_opts *o, const int_list *n_gen, const int_list *n_prompt,
+                       const int_list *depth, int reps, result *out, int *nout) {
+    const int32_t max_p = list_max(n_prompt), max_lead = list_max(depth) > 1 ? list_max(depth) : 1;
+    o->batch_tokens = max_p > 0 ? max_p : 16;
+    int32_t need = (max_p > max_lead + list_max(n_gen) ? max_p : max_lead + list_max(n_gen)) + 8;
     if (o->max_seq_len < need) o->max_seq_len = need;
     cli_engine e;
     if (cli_engine_open(&e, o, 1)) return 1;
     char device[128] = "?";
     double bw = 0;
     mpk_device_info(e.kernel, device, sizeof device, &bw);
-    double bytes = (double)mpk_model_weight_bytes_per_token(e.model);
-    const char *bk = mpk_kernel_backend(e.kernel) == MPK_BACKEND_CUDA ? "cuda" : "cpu";
-    for (int t = 0; t < 2; t++) {
-        int decode = t == 0;
-        if ((decode && n_gen <= 0) || (!decode && n_prompt <= 0)) continue;
-        double s;
-        if (run_once(&e, decode ? lead : n_prompt, decode ? n_gen : 1, &s, decode)) {  // warm-up
-            cli_engine_close(&e);
-            return 1;
-        }
-        double sum = 0, sum2 = 0, best = 1e30;
-        for (int r = 0; r < reps; r++) {
-            if (run_once(&e, decode ? lead : n_prompt, decode ? n_gen : 1, &s, decode)) {
-                cli_engine_close(&e);
-                return 1;
-            }
-            double tps = decode ? 1.0 / s : n_prompt / s;
-            sum += tps;
-            sum2 += tps * tps;
-            if (s < best) best = s;
-        }
-        result *R = &out[(*nout)++];
-        memset(R, 0, sizeof *R);
-        snprintf(R->model, sizeof R->model, "%s", o->config_name ? o->config_name : e.dir);
-        R->size_gb = bytes / 1e9;
-        R->backend = bk;
-        if (decode && depth > 0)
-            snprintf(R->test, sizeof R->test, "tg%d @ d%d", n_gen, depth);
-        else
-            snprintf(R->test, sizeof R->test, "%s%d", decode ? "tg" : "pp", decode ? n_gen : n_prompt);
-        R->tps = sum / reps;
-        R->tps_sd = reps > 1 ? sqrt(fmax(0, (sum2 - sum * sum / reps) / (reps - 1))) : 0;
-        R->ms_per_token = 1e3 / R->tps;
-        R->gbps = decode ? bytes * R->tps / 1e9 : 0;
-        R->pct_bw = decode && bw > 0 ? 100.0 * bytes * R->tps / bw : 0;
-        snprintf(R->device, sizeof R->device, "%s", device);
-        R->read_bw = bw;
-    }
+    int rc = 0;
+    for (int i = 0; i < n_gen->n && !rc; i++)
+        for (int j = 0; j < depth->n && !rc && n_gen->v[i] > 0; j++)
+            if (*nout < MAX_RESULTS)
+                rc = bench_test(&e, o, 1, n_gen->v[i], depth->v[j], reps, device, bw, &out[(*nout)++]);
+    for (int i = 0; i < n_prompt->n && !rc; i++)
+        if (n_prompt->v[i] > 0 && *nout < MAX_RESULTS)
+            rc = bench_test(&e, o, 0, n_prompt->v[i], 0, reps, device, bw, &out[(*nout)++]);
+    if (rc) (*nout)--;  // (the failed test's slot)
     cli_engine_close(&e);
-    return 0;
+    return rc;
 }
 
 // A JSON string's contents: quotes, backslashes and control characters escaped (into buf).
@@ -127,7 +165,7 @@ int cmd_bench(int argc, char **argv) {
     const char *models[16];
     int nmodels = 0, nconfigs = 0, reps = 3;
     const char *configs[16];
-    int32_t n_gen = 128, n_prompt = 512, depth = 0;
+    int_list n_gen = {{128}, 1}, n_prompt = {{512}, 1}, depth = {{0}, 1};
     const char *fmt = "md";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -153,29 +191,29 @@ int cmd_bench(int argc, char **argv) {
             fprintf(stderr, "mpk: unknown option or missing value '%s' (see mpk bench --help)\n", a);
             return 2;
         }
-        if (!strcmp(a, "-n")) n_gen = atoi(argv[++i]);
-        else if (!strcmp(a, "-p")) n_prompt = atoi(argv[++i]);
-        else if (!strcmp(a, "-d")) depth = atoi(argv[++i]);
-        else if (!strcmp(a, "-r")) reps = atoi(argv[++i]);
+        if (!strcmp(a, "-n") || !strcmp(a, "-p") || !strcmp(a, "-d")) {
+            int_list *l = a[1] == 'n' ? &n_gen : a[1] == 'p' ? &n_prompt : &depth;
+            if (!parse_list(a, argv[++i], l)) return 2;
+        } else if (!strcmp(a, "-r")) reps = atoi(argv[++i]);
         else if (!strcmp(a, "-o")) fmt = argv[++i];
         else {
             fprintf(stderr, "mpk: unknown option '%s' (see mpk bench --help)\n", a);
             return 2;
         }
     }
-    if (reps < 1 || n_gen < 0 || n_prompt < 0 || depth < 0 || (n_gen == 0 && n_prompt == 0) ||
+    if (reps < 1 || (list_max(&n_gen) == 0 && list_max(&n_prompt) == 0) ||
         (strcmp(fmt, "md") && strcmp(fmt, "json") && strcmp(fmt, "csv"))) {
         fprintf(stderr, "mpk: bench needs -r >= 1, -n/-p/-d >= 0 (-n and -p not both 0), -o md|json|csv\n");
         return 2;
     }
-    static result res[64];
+    static result res[MAX_RESULTS];
     int nres = 0, rc = 0;
     int total = nmodels + nconfigs;
     for (int m = 0; m < (total ? total : 1); m++) {
         cli_opts mo = o;
         mo.model_dir = m < nmodels ? models[m] : NULL;
         mo.config_name = m >= nmodels && nconfigs ? configs[m - nmodels] : NULL;
-        if (bench_model(&mo, n_gen, n_prompt, depth, reps, res, &nres)) rc = 1;
+        if (bench_model(&mo, &n_gen, &n_prompt, &depth, reps, res, &nres)) rc = 1;
     }
     if (!strcmp(fmt, "md")) {
         printf("| model | size (GB read/token) | backend | test | ms/token | t/s | GB/s | %% of read BW |\n");
