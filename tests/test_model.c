@@ -1013,6 +1013,34 @@ Test(model, attention_splits_match_whole) {
     }
 }
 
+// mpk_attention_layer's splits: more than 64 are refused by name; S splits add a workspace of a
+// ticket and S partials per kv head.
+Test(model, attention_layer_splits) {
+    mpk_kernel *k = cpu_kernel(2, 8, 64);
+    const mpk_kernel_params *p = mpk_kernel_get_params(k);
+    int64_t P = p->num_pages, PS = p->page_size, T = 8, G = 3, D = 32, Hkv = 2;
+    mpk_tensor *qkv, *kc, *vc, *out, *ws;
+    cr_assert_eq(mpk_new_tensor(k, 2, (int64_t[]){T, Hkv * (G + 2) * D}, MPK_BF16, "qkv", MPK_IO_DEVICE, &qkv), MPK_OK);
+    cr_assert_eq(mpk_new_tensor(k, 4, (int64_t[]){P, Hkv, PS, D}, MPK_BF16, "kc", MPK_IO_DEVICE, &kc), MPK_OK);
+    cr_assert_eq(mpk_new_tensor(k, 4, (int64_t[]){P, Hkv, PS, D}, MPK_BF16, "vc", MPK_IO_DEVICE, &vc), MPK_OK);
+    cr_assert_eq(mpk_new_tensor(k, 2, (int64_t[]){T, Hkv * G * D}, MPK_BF16, "out", MPK_IO_DEVICE, &out), MPK_OK);
+    mpk_attention_desc d = {.qkv = qkv, .k_cache = kc, .v_cache = vc, .output = out,
+                            .num_q_heads = (int32_t)(Hkv * G), .num_kv_heads = (int32_t)Hkv, .head_dim = (int32_t)D};
+    cr_expect_eq(mpk_attention_layer(k, &d, (mpk_dim3){2, 65, 1}, (mpk_dim3){0, 0, 0}, "att"), MPK_ERR_SHAPE);
+    cr_expect(strstr(mpk_last_error(k), "splits") != NULL, "%s", mpk_last_error(k));
+    cr_expect_neq(mpk_tensor_find(k, "att.split_workspace", &ws), MPK_OK, "a refused layer leaves no workspace");
+    cr_assert_eq(mpk_attention_layer(k, &d, (mpk_dim3){1, 5, 1}, (mpk_dim3){0, 0, 0}, "att"), MPK_OK, "%s", mpk_last_error(k));
+    cr_assert_eq(mpk_tensor_find(k, "att.split_workspace", &ws), MPK_OK);
+    cr_expect_eq(mpk_tensor_dim(ws, 0), Hkv);
+    cr_expect_eq(mpk_tensor_dim(ws, 1), MPK_ATTENTION_SPLIT_HEADER + 5 * G * (D + 2));
+    cr_expect_eq(mpk_tensor_dtype(ws), MPK_F32);
+    mpk_graph_stats s;
+    cr_assert_eq(mpk_compile(k), MPK_OK, "%s", mpk_last_error(k));
+    cr_assert_eq(mpk_graph_get_stats(k, &s), MPK_OK);
+    cr_expect_eq(s.num_tasks, 5, "one task per split of the one head group");
+    mpk_kernel_free(k);
+}
+
 // The automatic layout: attention fused with o_proj for a short-context kernel, separate (and
 // split over positions) for one of more than 256 positions.
 Test(model, attention_output_auto_by_context) {
