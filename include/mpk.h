@@ -366,6 +366,7 @@ typedef struct mpk_run_stats {
     double seconds;              // wall time of the run
     double prefill_seconds;      // time of iterations that processed prompt tokens
     double decode_seconds;       // time of iterations that only decoded
+    int64_t decode_tokens;       // tokens sampled by iterations that only decoded
 } mpk_run_stats;
 
 mpk_status mpk_run_get_stats(const mpk_kernel *kernel, mpk_run_stats *out);

@@ -966,6 +966,14 @@ static void run_attention_splits(int32_t S, int32_t *toks_out, float *logits_out
     int32_t plen, total;
     generate(k, prompt, 200, 8, &toks, &plen, &total);
     cr_assert_eq(total - plen, 8);
+    // The run's counts: the prompt in 4 chunks of at most 64 rows, the last of which samples the
+    // first token; the other 7 come from decode-only iterations.
+    mpk_run_stats rs;
+    cr_assert_eq(mpk_run_get_stats(k, &rs), MPK_OK);
+    cr_expect_eq(rs.prefill_iterations, 4);
+    cr_expect_eq(rs.generated_tokens, 8);
+    cr_expect_eq(rs.decode_tokens, 7, "%lld decode tokens", (long long)rs.decode_tokens);
+    cr_expect_eq(rs.iterations, 11);
     memcpy(toks_out, toks + plen, sizeof *toks * 8);
     mpk_tensor *lg;
     cr_assert_eq(mpk_tensor_find(k, "logits", &lg), MPK_OK);

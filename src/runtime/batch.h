@@ -65,7 +65,7 @@ typedef struct mpk_batch {
     int32_t status;                 // MPK_BATCH_*
     int32_t num_free_pages;
     int32_t iter_prompt_tokens;     // prompt rows in this iteration
-    int32_t reserved;
+    int32_t decode_generated;       // tokens sampled by iterations without prompt rows (this run)
     // totals over the run
     int64_t total_prompt_tokens;
     int64_t total_generated;
@@ -148,6 +148,7 @@ static inline MPK_HD void mpk_batch_reset(mpk_batch *b) {
     b->iter_prompt_tokens = 0;
     b->total_prompt_tokens = 0;
     b->total_generated = 0;
+    b->decode_generated = 0;
     b->prefill_iterations = 0;
     int32_t *free_pages = mpk_batch_free_pages(b);
     for (int32_t i = 0; i < b->num_pages; i++) free_pages[i] = b->num_pages - 1 - i;
@@ -233,6 +234,7 @@ static inline MPK_HD int32_t mpk_batch_prepare(mpk_batch *b, int32_t *tokens, in
             r->length++;
             step[s] = r->length;
             b->total_generated++;
+            if (b->iter_prompt_tokens == 0) b->decode_generated++;  // (still the finished iteration's)
             if (mpk_batch_is_eos(b, token) || r->length >= r->max_length ||
                 r->length >= b->max_seq_len) {
                 r->state = MPK_REQ_FINISHED;

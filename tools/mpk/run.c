@@ -197,8 +197,7 @@ static void print_summary(cli_engine *e, double load_s) {
     mpk_run_stats rs;
     mpk_run_get_stats(e->kernel, &rs);
     int32_t decode_iters = rs.iterations - rs.prefill_iterations;
-    int64_t decode_tokens = rs.generated_tokens - rs.prefill_iterations;  // first tokens come from prefill
-    if (decode_tokens < 0) decode_tokens = 0;
+    int64_t decode_tokens = rs.decode_tokens;
     const char *bk = mpk_kernel_backend(e->kernel) == MPK_BACKEND_CUDA ? "cuda" : "cpu";
     fprintf(stderr, "\n\nmpk: %s on %s, %d workers; load + compile %.2f s\n", e->dir, bk,
             mpk_kernel_get_params(e->kernel)->num_workers, load_s);

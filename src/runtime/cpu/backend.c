@@ -433,6 +433,7 @@ static mpk_status cpu_run(mpk_kernel *k, mpk_token_fn on_tokens, void *user) {
     // A run starts from iteration 0 with fresh counters and empty queues.
     k->batch->iteration = 0;
     k->batch->num_entries = 0;
+    k->batch->decode_generated = 0;
     for (int32_t e = 0; e < g->num_events; e++) atomic_store(&rt->counters[e], 0);
     for (int32_t i = 0; i < k->num_tensors; i++)
         if (k->tensors[i]->zero_each_run) memset(k->tensors[i]->host, 0, k->tensors[i]->bytes);
@@ -494,6 +495,7 @@ static mpk_status cpu_run(mpk_kernel *k, mpk_token_fn on_tokens, void *user) {
     rs->seconds = 1e-9 * (double)(now_ns() - rt->epoch_ns);
     rs->prompt_tokens = k->batch->total_prompt_tokens;
     rs->generated_tokens = k->batch->total_generated - gen0;
+    rs->decode_tokens = k->batch->decode_generated;
     rs->prefill_iterations = (int32_t)k->batch->prefill_iterations;
     if (k->params.profiling) {
         int64_t total = 0;

@@ -673,6 +673,7 @@ static mpk_status cuda_run(mpk_kernel *k, mpk_token_fn on_tokens, void *user) {
     // As on the CPU: a run starts from iteration 0 with fresh counters and empty queues.
     b->iteration = 0;
     b->num_entries = 0;
+    b->decode_generated = 0;
     int32_t *reported = calloc((size_t)b->max_requests, sizeof(int32_t));
     if (!reported) return mpk_fail(k, MPK_ERR_NOMEM, "CUDA backend: out of host memory");
     mpk_stream_begin(b, reported);
@@ -731,6 +732,7 @@ static mpk_status cuda_run(mpk_kernel *k, mpk_token_fn on_tokens, void *user) {
             rs->prefill_iterations = (int32_t)b->prefill_iterations;
             rs->prompt_tokens = b->total_prompt_tokens;
             rs->generated_tokens = b->total_generated - gen0;
+            rs->decode_tokens = b->decode_generated;
             rs->seconds = now_s() - t0;
             rs->prefill_seconds = 1e-9 * (double)c.prefill_ns;
             rs->decode_seconds = 1e-9 * (double)c.decode_ns;
