@@ -1047,6 +1047,20 @@ Test(model, attention_layer_splits) {
     cr_assert_eq(mpk_graph_get_stats(k, &s), MPK_OK);
     cr_expect_eq(s.num_tasks, 5, "one task per split of the one head group");
     mpk_kernel_free(k);
+    // Every split declares a share of its heads' output columns (so that the next layer waits for
+    // whichever arrives last): no more splits than columns.
+    k = cpu_kernel(2, 8, 64);
+    cr_assert_eq(mpk_new_tensor(k, 2, (int64_t[]){T, 2 * 3 * 2}, MPK_BF16, "qkv", MPK_IO_DEVICE, &qkv), MPK_OK);
+    cr_assert_eq(mpk_new_tensor(k, 4, (int64_t[]){P, 2, PS, 2}, MPK_BF16, "kc", MPK_IO_DEVICE, &kc), MPK_OK);
+    cr_assert_eq(mpk_new_tensor(k, 4, (int64_t[]){P, 2, PS, 2}, MPK_BF16, "vc", MPK_IO_DEVICE, &vc), MPK_OK);
+    cr_assert_eq(mpk_new_tensor(k, 2, (int64_t[]){T, 2 * 2}, MPK_BF16, "out", MPK_IO_DEVICE, &out), MPK_OK);
+    mpk_attention_desc d2 = {.qkv = qkv, .k_cache = kc, .v_cache = vc, .output = out,
+                             .num_q_heads = 2, .num_kv_heads = 2, .head_dim = 2};
+    cr_expect_eq(mpk_attention_layer(k, &d2, (mpk_dim3){2, 3, 1}, (mpk_dim3){0, 0, 0}, "att"), MPK_ERR_SHAPE);
+    cr_expect(strstr(mpk_last_error(k), "output columns") != NULL, "%s", mpk_last_error(k));
+    cr_expect_eq(mpk_attention_layer(k, &d2, (mpk_dim3){1, 4, 1}, (mpk_dim3){0, 0, 0}, "att"), MPK_OK, "%s",
+                 mpk_last_error(k));
+    mpk_kernel_free(k);
 }
 
 // The automatic layout: attention fused with o_proj for a short-context kernel, separate (and

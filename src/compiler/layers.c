@@ -419,6 +419,9 @@ mpk_status mpk_attention_layer(mpk_kernel *k, const mpk_attention_desc *d, mpk_d
     if (S > MPK_ATTENTION_MAX_SPLITS)
         return layer_fail(&c, MPK_ERR_SHAPE, "grid.y=%d splits exceed %d", S, MPK_ATTENTION_MAX_SPLITS);
     int64_t hpt = Hkv / grid.x, GD = hpt * G * D;
+    if (S > GD)  // (each split declares a non-empty share of its heads' output columns)
+        return layer_fail(&c, MPK_ERR_SHAPE, "grid.y=%d splits exceed the %lld output columns of a task's heads",
+                          S, (long long)GD);
     const int64_t wsn = MPK_ATTENTION_SPLIT_WS_FLOATS(S, (int32_t)G, (int32_t)D);
     mpk_variant v = make_variant(MPK_TASK_ATTENTION);
     attention_params(&v, k, d, G, hpt);

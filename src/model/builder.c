@@ -213,6 +213,8 @@ mpk_status mpk_model_build(mpk_model *m, mpk_kernel *k, const mpk_build_options 
                         o.attention_splits, MPK_ATTENTION_MAX_SPLITS);
     b.attention_splits = o.attention_splits > 0 ? o.attention_splits
                                                 : mpk_build_attention_splits(c->num_kv_heads, b.W);
+    const int32_t GD = c->num_kv_heads > 0 ? c->num_heads / c->num_kv_heads * c->head_dim : 1;
+    if (b.attention_splits > GD) b.attention_splits = GD > 0 ? GD : 1;  // (the layer's bound)
     if (o.attention_output < MPK_ATTN_OUT_AUTO || o.attention_output > MPK_ATTN_OUT_SEPARATE)
         return mpk_fail(k, MPK_ERR_INVALID_ARG, "mpk_model_build: attention_output %d is not one of MPK_ATTN_OUT_AUTO, _FUSED, _SEPARATE",
                         o.attention_output);
