@@ -1,6 +1,7 @@
 # mpk — build of libmpk (static and shared), the mpk command and the tests.
 #   make            library + CLI            make test      build and run the unit tests
 #   make asan       tests under ASan+UBSan   make check     both test runs (what CI does)
+#   make tsan       mpk under ThreadSanitizer (scripts/test.sh runs it)
 #   WERROR=1        warnings are errors (CI)  CUDA_HOME=...  where the toolkit lives (found at run time too)
 CC      ?= cc
 BUILD   ?= build
@@ -27,7 +28,7 @@ TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 # Headers that the CUDA code generator embeds as strings into the library.
 EMBED_HDR := $(sort $(wildcard src/kernels/task.h src/runtime/batch.h src/kernels/cuda/*.cuh src/runtime/cuda/*.cuh))
 
-.PHONY: all lib cli test asan check clean
+.PHONY: all lib cli test asan tsan check clean
 all: lib cli
 
 lib: $(BUILD)/libmpk.a $(BUILD)/libmpk.so
@@ -65,9 +66,14 @@ asan:
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	    LDFLAGS="-fsanitize=address,undefined" test
 
+# The CPU runtime's threads under ThreadSanitizer: the mpk command only (Criterion cannot start
+# under it); scripts/test.sh runs it in every scheduling mode.
+tsan:
+	$(MAKE) BUILD=build-tsan OPT="-O1 -g -fsanitize=thread" LDFLAGS="-fsanitize=thread" cli
+
 check: test asan
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-tsan
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d)

