@@ -877,6 +877,32 @@ Test(model, build_rejects_null_and_compiled) {
     mpk_model_free(m);
 }
 
+// Row 0 of the kernel's logits (after a run: the last iteration's single decode row) as floats
+// into out; returns the vocabulary size.
+static int64_t read_logits_row0(mpk_kernel *k, float *out) {
+    mpk_tensor *lg;
+    cr_assert_eq(mpk_tensor_find(k, "logits", &lg), MPK_OK);
+    int64_t V = mpk_tensor_dim(lg, 1), n = mpk_tensor_dim(lg, 0) * V;
+    uint16_t *raw = malloc(sizeof *raw * (size_t)n);
+    cr_assert_eq(mpk_tensor_read(k, lg, raw, sizeof *raw * (size_t)n), MPK_OK);
+    for (int64_t j = 0; j < V; j++) {
+        uint32_t u = (uint32_t)raw[j] << 16;
+        memcpy(&out[j], &u, 4);
+    }
+    free(raw);
+    return V;
+}
+
+// ||a - ref||^2 / ||ref||^2 over n values (infinite when ref is all zeros).
+static double normalised_error(const float *a, const float *ref, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t j = 0; j < n; j++) {
+        num += ((double)a[j] - ref[j]) * ((double)a[j] - ref[j]);
+        den += (double)ref[j] * ref[j];
+    }
+    return den > 0 ? num / den : INFINITY;
+}
+
 // Attention fused with the output projection (one stage, fp32 partial sums per kv head added by
 // the gate/up task) against the separate layers, on the CPU: a 5-token prompt (several rows of
 // one request in one iteration: the tasks that do not append read those rows' keys from qkv)
@@ -905,18 +931,7 @@ static void run_attention_output(int mode, int32_t *toks_out, int32_t *ntok, flo
     generate(k, prompt, 5, 6, &toks, &plen, &total);
     *ntok = total - plen;
     memcpy(toks_out, toks + plen, sizeof *toks * (size_t)*ntok);
-    mpk_tensor *lg;
-    cr_assert_eq(mpk_tensor_find(k, "logits", &lg), MPK_OK);
-    int64_t n = mpk_tensor_dim(lg, 0) * mpk_tensor_dim(lg, 1);
-    uint16_t *raw = malloc(sizeof *raw * (size_t)n);
-    cr_assert_eq(mpk_tensor_read(k, lg, raw, sizeof *raw * (size_t)n), MPK_OK);
-    int64_t V = mpk_tensor_dim(lg, 1);
-    for (int64_t j = 0; j < V; j++) {  // row 0: the last iteration's single decode row
-        uint32_t u = (uint32_t)raw[j] << 16;
-        memcpy(&logits_out[j], &u, 4);
-    }
-    *nlogits = V;
-    free(raw);
+    *nlogits = read_logits_row0(k, logits_out);
     mpk_kernel_free(k);
     mpk_model_free(m);
 }
@@ -930,12 +945,8 @@ Test(model, attention_output_fused_matches_separate) {
     cr_assert_eq(na, 6);
     cr_assert_eq(nb, 6);
     cr_assert_eq(va, vb);
-    double num = 0, den = 0;
-    for (int64_t j = 0; j < va; j++) {
-        num += ((double)la[j] - lb[j]) * ((double)la[j] - lb[j]);
-        den += (double)lb[j] * lb[j];
-    }
-    cr_expect(den > 0 && num / den < 1e-4, "logits differ: normalised squared error %.3g", num / den);
+    const double err = normalised_error(la, lb, va);
+    cr_expect(err < 1e-4, "logits differ: normalised squared error %.3g", err);
     cr_expect(memcmp(ta, tb, sizeof ta[0] * 6) == 0, "tokens differ: %d %d %d vs %d %d %d", ta[0], ta[1],
               ta[2], tb[0], tb[1], tb[2]);
 }
@@ -975,17 +986,7 @@ static void run_attention_splits(int32_t S, int32_t *toks_out, float *logits_out
     cr_expect_eq(rs.decode_tokens, 7, "%lld decode tokens", (long long)rs.decode_tokens);
     cr_expect_eq(rs.iterations, 11);
     memcpy(toks_out, toks + plen, sizeof *toks * 8);
-    mpk_tensor *lg;
-    cr_assert_eq(mpk_tensor_find(k, "logits", &lg), MPK_OK);
-    int64_t V = mpk_tensor_dim(lg, 1), n = mpk_tensor_dim(lg, 0) * V;
-    uint16_t *raw = malloc(sizeof *raw * (size_t)n);
-    cr_assert_eq(mpk_tensor_read(k, lg, raw, sizeof *raw * (size_t)n), MPK_OK);
-    // row 0: the last iteration's single decode row
-    for (int64_t j = 0; j < V; j++) {
-        uint32_t u = (uint32_t)raw[j] << 16;
-        memcpy(&logits_out[j], &u, 4);
-    }
-    *nlogits = V;
+    *nlogits = read_logits_row0(k, logits_out);
     if (S > 1) {  // every ticket is back at 0
         int64_t nw = mpk_tensor_dim(ws, 0) * mpk_tensor_dim(ws, 1);
         float *w = malloc(sizeof *w * (size_t)nw);
@@ -997,7 +998,6 @@ static void run_attention_splits(int32_t S, int32_t *toks_out, float *logits_out
         }
         free(w);
     }
-    free(raw);
     mpk_kernel_free(k);
     mpk_model_free(m);
 }
@@ -1010,12 +1010,8 @@ Test(model, attention_splits_match_whole) {
     for (int32_t S = 2; S <= 3; S++) {
         run_attention_splits(S, ts, ls, &vs);
         cr_assert_eq(v1, vs);
-        double num = 0, den = 0;
-        for (int64_t j = 0; j < v1; j++) {
-            num += ((double)ls[j] - l1[j]) * ((double)ls[j] - l1[j]);
-            den += (double)l1[j] * l1[j];
-        }
-        cr_expect(den > 0 && num / den < 1e-4, "S=%d: logits differ: normalised squared error %.3g", S, num / den);
+        const double err = normalised_error(ls, l1, v1);
+        cr_expect(err < 1e-4, "S=%d: logits differ: normalised squared error %.3g", S, err);
         cr_expect(memcmp(t1, ts, sizeof ts) == 0, "S=%d: tokens differ: %d %d %d vs %d %d %d", S, ts[0],
                   ts[1], ts[2], t1[0], t1[1], t1[2]);
     }

@@ -48,6 +48,14 @@ static int64_t cache_offset(const mpk_batch *batch, const int32_t *page_table, i
     return (int64_t)page * page_stride + (int64_t)(p % page_size) * D;
 }
 
+// The page table of row r's request.
+static const int32_t *row_page_table(const mpk_batch *batch, int32_t r) {
+    const int32_t *row_entry = MPK_BATCH_CARRAY(batch, off_row_entry, int32_t);
+    const int32_t *entry_slot = MPK_BATCH_CARRAY(batch, off_entry_slot, int32_t);
+    return MPK_BATCH_CARRAY(batch, off_page_table, int32_t) +
+           (int64_t)entry_slot[row_entry[r]] * batch->max_pages_per_request;
+}
+
 static float dot(const float *q, const mpk_bf16 *k, int32_t D) {
     float acc[MPK_CPU_LANES] = {0};
     mpk_cpu_dot_accumulate(acc, q, k, D);
@@ -146,15 +154,10 @@ static void append_rows(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cach
                         const mpk_bf16 *k_norm, const float *inv_freq, const mpk_batch *batch,
                         int32_t G, int32_t D, int32_t ld_qkv, int32_t page_size,
                         int64_t page_stride, float eps) {
-    const int32_t *row_entry = MPK_BATCH_CARRAY(batch, off_row_entry, int32_t);
     const int32_t *row_pos = MPK_BATCH_CARRAY(batch, off_row_pos, int32_t);
-    const int32_t *entry_slot = MPK_BATCH_CARRAY(batch, off_entry_slot, int32_t);
-    const int32_t *page_tables = MPK_BATCH_CARRAY(batch, off_page_table, int32_t);
     float buf[MPK_ATTENTION_MAX_HEAD_DIM];
     for (int32_t r = 0; r < batch->num_tokens; r++) {
-        int32_t slot = entry_slot[row_entry[r]];
-        const int32_t *pt = page_tables + (int64_t)slot * batch->max_pages_per_request;
-        int64_t off = cache_offset(batch, pt, row_pos[r], D, page_size, page_stride);
+        int64_t off = cache_offset(batch, row_page_table(batch, r), row_pos[r], D, page_size, page_stride);
         if (off < 0) continue;
         const mpk_bf16 *k = qkv + (int64_t)r * ld_qkv + (int64_t)G * D;  // (D), then v (D)
         prepare_head(k, k_norm, inv_freq, row_pos[r], D, eps, buf);
@@ -170,13 +173,10 @@ static void attend_rows(const mpk_bf16 *qkv, const mpk_bf16 *k_cache, const mpk_
                         const mpk_batch *batch, int32_t G, int32_t D, int32_t ld_qkv,
                         int32_t page_size, int64_t page_stride, float eps, float scale, int fresh,
                         mpk_bf16 *out, int32_t ld_out) {
-    const int32_t *row_entry = MPK_BATCH_CARRAY(batch, off_row_entry, int32_t);
     const int32_t *row_pos = MPK_BATCH_CARRAY(batch, off_row_pos, int32_t);
-    const int32_t *entry_slot = MPK_BATCH_CARRAY(batch, off_entry_slot, int32_t);
-    const int32_t *page_tables = MPK_BATCH_CARRAY(batch, off_page_table, int32_t);
     float buf[MPK_ATTENTION_MAX_HEAD_DIM];  // (D) the q head being prepared
     for (int32_t r = 0; r < batch->num_tokens; r++) {
-        const int32_t *pt = page_tables + (int64_t)entry_slot[row_entry[r]] * batch->max_pages_per_request;
+        const int32_t *pt = row_page_table(batch, r);
         fresh_kv f = {qkv, k_norm, inv_freq, ld_qkv, G, r, eps, batch};
         for (int32_t g = 0; g < G; g++) {
             const mpk_bf16 *q = qkv + (int64_t)r * ld_qkv + (int64_t)g * D;  // (D)
@@ -196,12 +196,8 @@ static void attend_split(const mpk_bf16 *qkv, const mpk_bf16 *k_cache, const mpk
                          int32_t G, int32_t D, int32_t page_size, int64_t page_stride, float eps,
                          float scale, int32_t t0, int32_t t1, int32_t A,
                          const mpk_attention_split *sp, mpk_bf16 *out) {
-    const int32_t *row_entry = MPK_BATCH_CARRAY(batch, off_row_entry, int32_t);
-    const int32_t *row_pos = MPK_BATCH_CARRAY(batch, off_row_pos, int32_t);
-    const int32_t *entry_slot = MPK_BATCH_CARRAY(batch, off_entry_slot, int32_t);
-    const int32_t *pt = MPK_BATCH_CARRAY(batch, off_page_table, int32_t) +
-                        (int64_t)entry_slot[row_entry[0]] * batch->max_pages_per_request;
-    const int32_t pos = row_pos[0];
+    const int32_t *pt = row_page_table(batch, 0);
+    const int32_t pos = MPK_BATCH_CARRAY(batch, off_row_pos, int32_t)[0];
     const int64_t unit = D + 2;  // acc[D], max, sum
     float *slots = sp->ws + MPK_ATTENTION_SPLIT_HEADER;  // (S, G, D + 2)
     float q[MPK_ATTENTION_MAX_HEAD_DIM];
