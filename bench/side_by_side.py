@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 # side_by_side.py — joins `mpk bench -o json` output and bench/torch_baseline.py output (same card,
-# same run) into one table: mpk vs torch.compile, and mpk vs the card's measured read bandwidth.
+# same run) into one table: mpk vs torch.compile, and mpk vs the card's measured read bandwidth;
+# then, when both measured prefill (mpk's ppN rows, torch_baseline.py --prefill N), a prefill table.
 #
 #   python3 bench/side_by_side.py mpk.json torch.jsonl
 import json
@@ -11,14 +12,18 @@ TARGETS = {"qwen3-8b": (5.2, 1.5), "qwen3-0.6b": (0.45, 5.0), "qwen3-1.7b": (1.2
 
 
 def main():
-    mpk = [r for r in json.load(open(sys.argv[1])) if r["test"].startswith("tg")]
-    torch_rows = {}
+    rows = json.load(open(sys.argv[1]))
+    mpk = [r for r in rows if r["test"].startswith("tg")]
+    torch_rows, torch_pp = {}, {}
     try:
         for line in open(sys.argv[2]):
             line = line.strip()
             if line.startswith("{"):
                 r = json.loads(line)
-                torch_rows[r["model"]] = r
+                if r.get("test", "").startswith("pp"):
+                    torch_pp[(r["model"], r["test"])] = r
+                else:
+                    torch_rows[r["model"]] = r
     except FileNotFoundError:
         pass
     print("| model | card | mpk ms/token | torch.compile ms/token | speed-up | mpk GB/s | read BW GB/s | % of read BW | target |")
@@ -35,6 +40,17 @@ def main():
         print(f"| {r['model']} | {r['device']} | {r['ms_per_token']:.3f} | {tms if tms is not None else '-'} | "
               f"{(tms / r['ms_per_token']) if tms else 0:.2f}x | {r['gb_per_s']:.0f} | {r['read_bw_gb_per_s']:.0f} | "
               f"{r['pct_read_bw']:.1f} | {target} |")
+    pp = [r for r in rows if r["test"].startswith("pp") and (r["model"], r["test"]) in torch_pp]
+    if pp:
+        print()
+        print("| model | prefill | mpk ms | mpk tokens/s | transformers eager ms | tokens/s | mpk speed-up |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        for r in pp:
+            t = torch_pp[(r["model"], r["test"])]
+            n = int(r["test"][2:])
+            ms = r["ms_per_token"] * n
+            print(f"| {r['model']} | {r['test']} | {ms:.1f} | {1e3 * n / ms:.0f} | {t['ms']:.1f} | "
+                  f"{t['tokens_per_s']:.0f} | {t['ms'] / ms:.2f}x |")
 
 
 if __name__ == "__main__":

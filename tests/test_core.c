@@ -451,3 +451,52 @@ Test(core, stall_is_reported, .timeout = 60) {
     }
     for (int i = 0; i < W.n; i++) free(W.buf[i]);
 }
+
+// The batch puts decode rows (generated tokens) first and counts them; a prompt's rows, even its
+// last one alone, are prompt chunks after them. The GPU multiplies the two kinds differently
+// (linear.cuh), so this order is what keeps a row's values independent of its batch.
+static void batch_add_request(mpk_batch *b, int32_t *tokens, int32_t s, int32_t prompt_len, int32_t max_new) {
+    mpk_request_state *r = &mpk_batch_requests(b)[s];
+    r->state = MPK_REQ_ACTIVE;
+    r->prompt_len = r->length = prompt_len;
+    r->max_length = prompt_len + max_new;
+    for (int32_t i = 0; i < prompt_len; i++) tokens[(int64_t)s * b->max_seq_len + i] = 100 + i;
+}
+
+Test(core, batch_decode_rows_first) {
+    const uint32_t bytes = mpk_batch_layout(NULL, 8, 3, 32, 4, 24);
+    cr_assert_gt(bytes, 0);
+    mpk_batch *b = calloc(1, bytes);
+    mpk_batch_layout(b, 8, 3, 32, 4, 24);
+    mpk_batch_reset(b);
+    int32_t tokens[3 * 32] = {0}, step[3] = {0}, out_ids[8] = {0}, in_ids[8];
+    batch_add_request(b, tokens, 0, 3, 5);
+    batch_add_request(b, tokens, 1, 13, 5);
+    batch_add_request(b, tokens, 2, 1, 5);  // a one-token prompt: a prompt chunk of one row
+    // Iteration 1: prompt rows only (3 + 5 of 13; the one-token prompt waits for room).
+    cr_assert_eq(mpk_batch_prepare(b, tokens, step, out_ids, in_ids), MPK_BATCH_RUNNING);
+    cr_expect_eq(b->decode_rows, 0);
+    cr_expect_eq(b->num_tokens, 8);
+    // Iteration 2: request 0 decodes (one row, first), request 1 continues its prompt.
+    cr_assert_eq(mpk_batch_prepare(b, tokens, step, out_ids, in_ids), MPK_BATCH_RUNNING);
+    cr_expect_eq(b->decode_rows, 1);
+    cr_expect_eq(mpk_batch_row_pos(b)[0], 3);
+    cr_expect_eq(mpk_batch_entry_slot(b)[mpk_batch_row_entry(b)[0]], 0);
+    cr_expect_eq(b->num_tokens, 8);  // request 1: 7 more prompt rows
+    // Iteration 3: request 1's last prompt row (position 12) alone is a prompt chunk, after the
+    // decode row; then the one-token prompt.
+    cr_assert_eq(mpk_batch_prepare(b, tokens, step, out_ids, in_ids), MPK_BATCH_RUNNING);
+    cr_expect_eq(b->decode_rows, 1);
+    cr_expect_eq(b->num_tokens, 3);
+    cr_expect_eq(mpk_batch_row_pos(b)[1], 12);
+    cr_expect_eq(mpk_batch_entry_slot(b)[mpk_batch_row_entry(b)[1]], 1);
+    cr_expect_eq(mpk_batch_row_pos(b)[2], 0);
+    cr_expect_eq(mpk_batch_entry_slot(b)[mpk_batch_row_entry(b)[2]], 2);
+    cr_expect_eq(b->iter_prompt_tokens, 2);
+    // Iteration 4: all three decode.
+    cr_assert_eq(mpk_batch_prepare(b, tokens, step, out_ids, in_ids), MPK_BATCH_RUNNING);
+    cr_expect_eq(b->decode_rows, 3);
+    cr_expect_eq(b->num_tokens, 3);
+    cr_expect_eq(b->iter_prompt_tokens, 0);
+    free(b);
+}

@@ -135,7 +135,9 @@ MPK_STATIC_ASSERT(sizeof(mpk_variant) == 64, "variant is 64 bytes");
 // per query head) in the head's workspace and take a ticket; the A-th arrival combines the A
 // partials into the output and sets the ticket back to 0; splits from A on do nothing. Any other
 // iteration: split 0 runs the whole attention, the others do nothing. Both backends decide with
-// mpk_attention_split_range, so they split alike.
+// mpk_attention_split_range, so they split alike. (The GPU also spreads an iteration of several
+// rows over the splits, row by row — attention.cuh; a row's values do not depend on which task
+// computes it, so the CPU keeps them in split 0.)
 #define MPK_ATTENTION_MAX_SPLITS 64
 #define MPK_ATTENTION_SPLIT_MIN_POSITIONS 64
 // A kv head's workspace: a 32-bit ticket, padding to 16 bytes, then S slots of G units of

@@ -66,6 +66,7 @@ typedef struct mpk_batch {
     int32_t num_free_pages;
     int32_t iter_prompt_tokens;     // prompt rows in this iteration
     int32_t decode_generated;       // tokens sampled by iterations without prompt rows (this run)
+    int32_t decode_rows;            // rows [0, decode_rows) of this iteration are decode rows
     // totals over the run
     int64_t total_prompt_tokens;
     int64_t total_generated;
@@ -149,6 +150,7 @@ static inline MPK_HD void mpk_batch_reset(mpk_batch *b) {
     b->total_prompt_tokens = 0;
     b->total_generated = 0;
     b->decode_generated = 0;
+    b->decode_rows = 0;
     b->prefill_iterations = 0;
     int32_t *free_pages = mpk_batch_free_pages(b);
     for (int32_t i = 0; i < b->num_pages; i++) free_pages[i] = b->num_pages - 1 - i;
@@ -247,19 +249,27 @@ static inline MPK_HD int32_t mpk_batch_prepare(mpk_batch *b, int32_t *tokens, in
     b->iter_prompt_tokens = 0;
     mpk_batch_entry_row_begin(b)[0] = 0;
     int32_t active = 0;
-    // Decoding requests first: one row each, so prefill never starves generation.
+    // Decoding requests first: one row each, so prefill never starves generation. A decode row
+    // is a generated token's (position >= prompt_len); a prompt's rows, even its last one alone,
+    // are prompt chunks. So rows [0, decode_rows) are the decode rows whatever else the batch
+    // holds, and the GPU multiplies each kind its own way (linear.cuh: a row's values do not
+    // depend on the other requests in its iteration).
     for (int32_t s = 0; s < b->max_requests; s++) {
         mpk_request_state *r = &req[s];
         if (r->state != MPK_REQ_ACTIVE) continue;
         active++;
-        if (r->length - r->processed != 1 || b->num_tokens >= b->max_tokens) continue;
+        if (r->length - r->processed != 1 || r->processed < r->prompt_len || b->num_tokens >= b->max_tokens)
+            continue;
         if (mpk_batch_reserve(b, s, r->processed + 1) < r->processed + 1) continue;
         mpk_batch_add_entry(b, tokens, input_ids, s, 1);
     }
+    b->decode_rows = b->num_tokens;
     // Then prompt chunks in slot order.
     for (int32_t s = 0; s < b->max_requests && b->num_tokens < b->max_tokens; s++) {
         mpk_request_state *r = &req[s];
-        if (r->state != MPK_REQ_ACTIVE || r->length - r->processed <= 1) continue;
+        if (r->state != MPK_REQ_ACTIVE || r->length - r->processed < 1 ||
+            (r->length - r->processed == 1 && r->processed >= r->prompt_len))
+            continue;
         int32_t chunk = r->length - r->processed;
         if (chunk > b->max_tokens - b->num_tokens) chunk = b->max_tokens - b->num_tokens;
         int32_t covered = mpk_batch_reserve(b, s, r->processed + chunk);

@@ -74,7 +74,8 @@ static float bf2f(uint16_t h) {
 
 // ---- a case: one graph built identically on both backends ----------------------------------------
 
-#define MAX_BUFS 64
+#define MAX_BUFS 96
+#define MAX_OUTS 48
 #define SENT_BF16 0xC2F1u     // -120.5: no kernel produces it from these inputs
 #define SENT_I32 0x5EEDBEEF
 
@@ -99,8 +100,8 @@ typedef struct gcase {
     mpk_kernel_params params;
     host_buf in[MAX_BUFS];     // attached inputs (same memory for both backends)
     int nin;
-    const char *outputs[32];   // tensors compared (created by the builder as new tensors)
-    int out_spec[32];          // the layer spec each output belongs to (per-task graph)
+    const char *outputs[MAX_OUTS];  // tensors compared (created by the builder as new tensors)
+    int out_spec[MAX_OUTS];    // the layer spec each output belongs to (per-task graph)
     int nout;
     double tol;
     prompt_spec prompts[4];
@@ -111,6 +112,10 @@ typedef struct gcase {
 } gcase;
 
 static host_buf *add_input(gcase *c, const char *name, int ndim, const int64_t *dims, mpk_dtype dt, float scale) {
+    if (c->nin >= MAX_BUFS) {
+        fprintf(stderr, "test_gpu: more than MAX_BUFS inputs\n");
+        abort();
+    }
     host_buf *h = &c->in[c->nin++];
     snprintf(h->name, sizeof h->name, "%s", name);
     h->ndim = ndim;
@@ -132,9 +137,9 @@ static void free_case(gcase *c) {
 }
 
 typedef struct run_out {
-    void *data[32];
-    size_t bytes[32];
-    mpk_dtype dtype[32];
+    void *data[MAX_OUTS];
+    size_t bytes[MAX_OUTS];
+    mpk_dtype dtype[MAX_OUTS];
     int32_t tokens[4][128];
     int32_t ntok[4];
     double seconds;
@@ -416,6 +421,10 @@ static void setup_attention(gcase *c, const char *p, int i, const int *a) {
 
 // Inputs and compared outputs of one spec.
 static void setup_spec(gcase *c, int i, const layer_spec *sp) {
+    if (c->nout + 3 > MAX_OUTS) {  // (a spec adds up to 3 outputs)
+        fprintf(stderr, "test_gpu: more than MAX_OUTS outputs\n");
+        abort();
+    }
     const char *p = g_prefix[i];
     snprintf(g_prefix[i], sizeof g_prefix[i], "l%d", i);
     int64_t T = c->params.max_batched_tokens;
@@ -777,6 +786,12 @@ static const layer_spec specs[] = {
     {"residual_rmsnorm_linear K=200 P=3", L_RES_NORM_LINEAR, {200, 90, 6, 3}, 1e-5},
     {"residual_rmsnorm_linear K=98 (scalar)", L_RES_NORM_LINEAR, {98, 30, 5, 2}, 1e-5},
     {"argmax V=1000", L_ARGMAX, {1000, 8, 3}, 0},
+    // The first iteration's 12 prompt rows take the tensor-core product (gemm.cuh): K in several
+    // staged chunks, a partial last column tile, warps sharing a tile, several passes of tiles.
+    {"linear K=4104 N=20 (mma, K chunks)", L_LINEAR, {4104, 20, 1, 1}, 1e-5},
+    {"linear K=256 N=400 (mma, 3 passes)", L_LINEAR, {256, 400, 1, 1}, 1e-5},
+    {"silu_mul_linear_res I=4400 N=64 (mma)", L_SILU_LINEAR_RES, {4400, 64, 2, 1}, 1e-5},
+    {"residual_rmsnorm_linear K=4360 P=2 (mma)", L_RES_NORM_LINEAR, {4360, 40, 2, 2}, 1e-5},
 };
 
 static void setup_tasks_case(gcase *c) {

@@ -492,7 +492,15 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
     int32_t t_lo, t_hi;
     const int32_t A = ws ? mpk_attention_split_range(S, split, rows, rows == 1 ? row_pos[0] : -1, &t_lo, &t_hi) : 0;
     const bool split_now = A > 0;
-    if (A ? split >= A : split != 0) return;  // (unsplit: split 0 runs the whole attention)
+    // An iteration of several rows (a prefill chunk, several requests' decode rows) spreads its rows
+    // over R = min(S, rows) splits: split s attends rows s, s + R, ... Every one of them appends
+    // all the rows' keys and values first (a chunk's rows attend to each other's positions): the
+    // same bytes to the same places, as ATTENTION_LINEAR's tasks do, and each reads back its own
+    // stores. A row's result does not depend on which split computes it, so the CPU, which leaves
+    // them all to split 0, gives the same values.
+    const int32_t R = ws && !split_now && S > 1 && rows > 1 ? min(S, rows) : 1;
+    if (A ? split >= A : split >= R) return;  // (one row, unsplit: split 0 runs the whole attention)
+    const int32_t row_first = R > 1 ? split : 0;
     if (G <= 0 || D <= 0) return;
     if (D > MPK_ATTN_MAX_D || (G + nwarps) * D > MPK_DYN_SMEM_BYTES / 4 || G * D + G * (D + 2) > MPK_DYN_SMEM_BYTES / 4) {
         for (int64_t i = threadIdx.x; i < (int64_t)rows * G * D; i += MPK_DEV_THREADS)
@@ -506,13 +514,13 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
     const bool pre = MPK_ATTN_PRELOAD && sm->pre_k == (const void *)k_cache && rows == 1 &&
                      sm->pre_pos == row_pos[0] && !sm->pre_bad;
     mpk_bf16 *kvs = pre ? mpk_attn_kv_smem() : (mpk_bf16 *)0;
-    // Decode (few rows): the warps left over prepare row 0's query heads while the others append
+    // Decode (few rows): the warps left over prepare the first row's query heads while the others append
     // the keys, saving the attention one dependent round of loads, norms and rotations.
     const bool early_q = rows >= 1 && rows + G <= nwarps;
     if (early_q && warp >= rows && warp < rows + G) {
         const int32_t g = warp - rows;
-        mpk_attn_prepare(qkv + (int64_t)g * D, q_norm, inv_freq, row_pos[0], D, eps,
-                         (float *)mpk_dyn_smem() + g * D);
+        mpk_attn_prepare(qkv + (int64_t)row_first * ld_qkv + (int64_t)g * D, q_norm, inv_freq,
+                         row_pos[row_first], D, eps, (float *)mpk_dyn_smem() + g * D);
     }
 
     // Every row's k and v first: a prefill chunk's rows attend to each other's positions. Of a
@@ -545,13 +553,13 @@ __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k
     if (MPK_ATTN_MARK == 0) mpk_mark_inputs();
     if (ask) mpk_l2_ask_issue(ask);
 
-    for (int32_t r = 0; r < rows; r++) {
+    for (int32_t r = row_first; r < rows; r += R) {
         // (with kvs the product reads shared memory only: no page-table lookups)
         const int32_t *pt = kvs ? page_tables : page_tables + (int64_t)entry_slot[row_entry[r]] * b->max_pages_per_request;
         float *part = split_now ? ws + MPK_ATTENTION_SPLIT_HEADER + (int64_t)split * G * (D + 2) : nullptr;
         mpk_attn_row(qkv + (int64_t)r * ld_qkv, k_cache, v_cache, q_norm, inv_freq, b, pt, row_pos[r],
                      split_now ? t_lo : 0, split_now ? t_hi : row_pos[r] + 1, G, D, page_size,
-                     page_stride, eps, scale, out + (int64_t)r * ld_out, part, r == 0 && early_q, kvs);
+                     page_stride, eps, scale, out + (int64_t)r * ld_out, part, r == row_first && early_q, kvs);
     }
     if (split_now) mpk_attn_split_finish(ws, A, G, D, out);
     if (MPK_ATTN_PRELOAD && threadIdx.x == 0) sm->pre_bad = 0;  // (after the body's last barrier)

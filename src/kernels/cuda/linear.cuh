@@ -5,6 +5,7 @@
 #define MPK_KERNELS_CUDA_LINEAR_CUH
 
 #include "common.cuh"
+#include "gemm.cuh"
 #include "stream.cuh"
 
 // ---- the shared product -------------------------------------------------------------------------
@@ -21,6 +22,9 @@
 //   stage(r0, nr, xs, ldk)  block-wide: rows [r0, r0 + nr) into xs[(r - r0) * ldk + k], bf16
 //   load8(r, k, f[8]) / load1(r, k) / prologue(r0, nr): the direct path, for inputs that do not
 //   fit the staging area or are not 16-byte aligned (weights are read once per row tile there).
+//   prep(r0, nr, scale) / stage8(r, k, scale[r - r0]): the tensor-core product of many rows
+//   (gemm.cuh): what a row needs as a whole (its RMS scale) for up to MPK_MMA_MAX_M rows, then its
+//   elements 8 at a time, the same values stage() would store.
 // MPK_GEMV_OUTLINE marks the loops that do not depend on the input kind. Inlined (the default)
 // each variant gets its own copy specialised on its shape constants; -DMPK_GEMV_OUTLINE=__noinline__
 // keeps one copy for all, which halves the generated kernel's compile time but was measured
@@ -359,23 +363,39 @@ MPK_DEV bool mpk_gemv_streamed(XRows &xr, const mpk_bf16 *res, mpk_bf16 *out, in
     return true;
 }
 
+// Rows [0, nd) are decode rows (the batch puts them first), the others prompt rows: decode rows
+// take the GEMV below, prompt rows the tensor cores (gemm.cuh), so each row gets the same values
+// whatever else its iteration holds (the e2e tests decode two requests together and alone).
+// prompt (a literal in the generated code, so each call keeps one side): false does the decode
+// rows — all rows where the tensor-core path does not apply — and true the prompt rows.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && MPK_MMA
+#define MPK_MMA_BUILT 1
+#else
+#define MPK_MMA_BUILT 0
+#endif
 template <class XRows>
 MPK_DEV void mpk_gemv(XRows &xr, const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf16 *out,
                       int32_t rows, int32_t K, int32_t n, int32_t ld_w, int32_t ld_res,
-                      int32_t ld_out) {
+                      int32_t ld_out, int32_t nd, bool prompt) {
+    const bool vec = (K % 8 == 0) && (ld_w % 8 == 0) && mpk_aligned16(w) && xr.vec_ok();
+    const int32_t cap = K > 0 ? MPK_GEMV_STAGE_ELEMS / K : 0;  // rows the staging area holds
+    const bool mma = MPK_MMA_BUILT && vec && cap >= 1 && MPK_STREAM_SLOTS == 0;
+    if (prompt) {
+        if (mma && nd < rows) mpk_gemm_rows(xr, w, res, out, (float *)0, nd, rows, K, n, ld_w, ld_res, ld_out);
+        return;
+    }
 #if MPK_STREAM_SLOTS > 0
     if (mpk_gemv_streamed(xr, res, out, rows, K, n, ld_res, ld_out)) return;
 #endif
-    const bool vec = (K % 8 == 0) && (ld_w % 8 == 0) && mpk_aligned16(w) && xr.vec_ok();
-    const int32_t cap = K > 0 ? MPK_GEMV_STAGE_ELEMS / K : 0;  // rows the staging area holds
     if (!vec || cap < 1) {
         mpk_gemv_direct(xr, w, res, out, rows, K, n, ld_w, ld_res, ld_out, vec);
         return;
     }
+    const int32_t ng = mma && nd < rows ? nd : rows;  // (the prompt rows were done before)
     const int32_t tile = cap < MPK_GEMV_ROWS ? cap : MPK_GEMV_ROWS;
     mpk_bf16 *xs = (mpk_bf16 *)mpk_dyn_smem();  // (tile, K)
-    for (int32_t r0 = 0; r0 < rows; r0 += tile) {
-        const int32_t nr = min(tile, rows - r0);
+    for (int32_t r0 = 0; r0 < ng; r0 += tile) {
+        const int32_t nr = min(tile, ng - r0);
         xr.stage(r0, nr, xs, K);
         mpk_sync();
         if (r0 == 0) mpk_mark_inputs();
@@ -395,6 +415,9 @@ struct mpk_plain_rows {
         mpk_unpack8(mpk_ld16(x + (int64_t)r * ld_x + k), f);
     }
     MPK_DEV float load1(int32_t r, int32_t k) const { return mpk_bf2f(x[(int64_t)r * ld_x + k]); }
+    static constexpr int batch = 8;  // stage8 calls in flight per thread (gemm.cuh)
+    MPK_DEV void prep(int32_t, int32_t, float *) const {}
+    MPK_DEV uint4 stage8(int32_t r, int32_t k, float) const { return mpk_ld16(x + (int64_t)r * ld_x + k); }
     // K % 8 == 0 and 16-byte alignment hold here (vec_ok).
     MPK_DEV void stage(int32_t r0, int32_t nr, mpk_bf16 *xs, int32_t K) const {
         const int32_t per = K / 8;
@@ -466,6 +489,19 @@ struct mpk_norm_rows {
     MPK_DEV float load1(int32_t r, int32_t k) const {
         return mpk_rms_elem(mpk_bf2f(x[(int64_t)r * ld_x + k]), scale[r % MPK_GEMV_ROWS],
                             mpk_bf2f(norm_w[k]));
+    }
+    static constexpr int batch = 8;
+    MPK_DEV void prep(int32_t r0, int32_t nr, float *sc) const {
+        for (int32_t i = threadIdx.x / 32; i < nr; i += MPK_DEV_THREADS / 32) {
+            const float s = mpk_rms_scale_warp(x + (int64_t)(r0 + i) * ld_x, K, eps);
+            if (threadIdx.x % 32 == 0) sc[i] = s;
+        }
+    }
+    MPK_DEV uint4 stage8(int32_t r, int32_t k, float s) const {
+        float f[8], nw[8];
+        mpk_unpack8(mpk_ld16(x + (int64_t)r * ld_x + k), f);
+        mpk_unpack8(mpk_ld16(norm_w + k), nw);
+        return mpk_norm_pack8(f, s, nw);
     }
     MPK_DEV void stage(int32_t r0, int32_t nr, mpk_bf16 *xs, int32_t) {
         const int32_t per = K / 8;
@@ -553,6 +589,33 @@ struct mpk_residual_rows {
     MPK_DEV float load1(int32_t r, int32_t k) const {
         return mpk_rms_elem(elem(r, k), scale[r % MPK_GEMV_ROWS], mpk_bf2f(norm_w[k]));
     }
+    // Per row (one warp): the scale, summed as stage() sums it (lane order, then the warp), and
+    // the row's x_out columns. (stage8 holds up to 16 partials' loads itself: 2 in flight.)
+    static constexpr int batch = 2;
+    MPK_DEV void prep(int32_t r0, int32_t nr, float *sc) const {
+        const int lane = threadIdx.x % 32;
+        for (int32_t i = threadIdx.x / 32; i < nr; i += MPK_DEV_THREADS / 32) {
+            const int32_t r = r0 + i;
+            float ss = 0.0f;
+            for (int32_t k = lane * 8; k < K; k += 256) {
+                float f[8];
+                elem4(r, k, f);
+                elem4(r, k + 4, f + 4);
+#pragma unroll
+                for (int e = 0; e < 8; e++) ss = fmaf(f[e], f[e], ss);
+            }
+            ss = mpk_warp_sum(ss);
+            if (lane == 0) sc[i] = 1.0f / sqrtf(ss / (float)K + eps);
+            for (int32_t k = c0 + lane; k < c0 + count; k += 32) x_out[(int64_t)r * ld_xo + k] = mpk_f2bf(elem(r, k));
+        }
+    }
+    MPK_DEV uint4 stage8(int32_t r, int32_t k, float s) const {
+        float f[8], nw[8];
+        elem4(r, k, f);
+        elem4(r, k + 4, f + 4);
+        mpk_unpack8(mpk_ld16(norm_w + k), nw);
+        return mpk_norm_pack8(f, s, nw);
+    }
     // s into xs, then the scales from xs, the x_out columns from xs, and xs normalised in place.
     MPK_DEV void stage(int32_t r0, int32_t nr, mpk_bf16 *xs, int32_t) {
         const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -612,45 +675,56 @@ struct mpk_silu_rows {
         const mpk_bf16 *g = in + (int64_t)r * ld_in + k;
         return mpk_silu_mul_elem(mpk_bf2f(g[0]), mpk_bf2f(g[I]));
     }
+    static constexpr int batch = 8;
+    MPK_DEV void prep(int32_t, int32_t, float *) const {}
+    MPK_DEV uint4 stage8(int32_t r, int32_t k, float) const {
+        const mpk_bf16 *g = in + (int64_t)r * ld_in + k;
+        float f[8], u[8];
+        mpk_unpack8(mpk_ld16(g), f);
+        mpk_unpack8(mpk_ld16(g + I), u);
+        uint4 v;
+        v.x = mpk_pack2(mpk_silu_mul_elem(f[0], u[0]), mpk_silu_mul_elem(f[1], u[1]));
+        v.y = mpk_pack2(mpk_silu_mul_elem(f[2], u[2]), mpk_silu_mul_elem(f[3], u[3]));
+        v.z = mpk_pack2(mpk_silu_mul_elem(f[4], u[4]), mpk_silu_mul_elem(f[5], u[5]));
+        v.w = mpk_pack2(mpk_silu_mul_elem(f[6], u[6]), mpk_silu_mul_elem(f[7], u[7]));
+        return v;
+    }
     MPK_DEV void stage(int32_t r0, int32_t nr, mpk_bf16 *xs, int32_t) const {
         const int32_t per = I / 8;
         for (int32_t i = threadIdx.x; i < nr * per; i += MPK_DEV_THREADS) {
             const int32_t r = i / per, k = (i % per) * 8;
-            const mpk_bf16 *g = in + (int64_t)(r0 + r) * ld_in + k;
-            float f[8], u[8];
-            mpk_unpack8(mpk_ld16(g), f);
-            mpk_unpack8(mpk_ld16(g + I), u);
-            uint4 v;
-            v.x = mpk_pack2(mpk_silu_mul_elem(f[0], u[0]), mpk_silu_mul_elem(f[1], u[1]));
-            v.y = mpk_pack2(mpk_silu_mul_elem(f[2], u[2]), mpk_silu_mul_elem(f[3], u[3]));
-            v.z = mpk_pack2(mpk_silu_mul_elem(f[4], u[4]), mpk_silu_mul_elem(f[5], u[5]));
-            v.w = mpk_pack2(mpk_silu_mul_elem(f[6], u[6]), mpk_silu_mul_elem(f[7], u[7]));
-            *(uint4 *)(xs + (int64_t)r * I + k) = v;
+            *(uint4 *)(xs + (int64_t)r * I + k) = stage8(r0 + r, k, 0.0f);
         }
     }
 };
 
-// ---- the tasks (same argument order as src/kernels/cpu/kernels.h) ----------------------------
+// ---- the tasks (same argument order as src/kernels/cpu/kernels.h, then nd) -------------------
+
+// The decode rows among a task's rows [r0, r1), the iteration's first nd rows
+// (mpk_batch.decode_rows, read by the runtime with the row count: no load on the task's path).
+MPK_DEV int32_t mpk_decode_rows(int32_t nd, int32_t r0, int32_t r1) { return max(0, min(nd, r1) - r0); }
 
 MPK_DEV void mpk_linear_cuda(const mpk_bf16 *x, const mpk_bf16 *w, mpk_bf16 *out, int32_t rows,
-                             int32_t K, int32_t n, int32_t ld_x, int32_t ld_w, int32_t ld_out) {
+                             int32_t K, int32_t n, int32_t ld_x, int32_t ld_w, int32_t ld_out,
+                             int32_t nd, bool prompt) {
     mpk_plain_rows xr = {x, ld_x};
-    mpk_gemv(xr, w, (const mpk_bf16 *)0, out, rows, K, n, ld_w, 0, ld_out);
+    mpk_gemv(xr, w, (const mpk_bf16 *)0, out, rows, K, n, ld_w, 0, ld_out, nd, prompt);
 }
 
 MPK_DEV void mpk_linear_residual_cuda(const mpk_bf16 *x, const mpk_bf16 *w, const mpk_bf16 *res,
                                       mpk_bf16 *out, int32_t rows, int32_t K, int32_t n,
                                       int32_t ld_x, int32_t ld_w, int32_t ld_res,
-                                      int32_t ld_out) {
+                                      int32_t ld_out, int32_t nd, bool prompt) {
     mpk_plain_rows xr = {x, ld_x};
-    mpk_gemv(xr, w, res, out, rows, K, n, ld_w, ld_res, ld_out);
+    mpk_gemv(xr, w, res, out, rows, K, n, ld_w, ld_res, ld_out, nd, prompt);
 }
 
 MPK_DEV void mpk_rmsnorm_linear_cuda(const mpk_bf16 *x, const mpk_bf16 *norm_w, const mpk_bf16 *w,
                                      mpk_bf16 *out, int32_t rows, int32_t K, int32_t n,
-                                     int32_t ld_x, int32_t ld_w, int32_t ld_out, float eps) {
+                                     int32_t ld_x, int32_t ld_w, int32_t ld_out, float eps,
+                                     int32_t nd, bool prompt) {
     mpk_norm_rows xr = {x, norm_w, ld_x, K, eps, mpk_smem()->red};
-    mpk_gemv(xr, w, (const mpk_bf16 *)0, out, rows, K, n, ld_w, 0, ld_out);
+    mpk_gemv(xr, w, (const mpk_bf16 *)0, out, rows, K, n, ld_w, 0, ld_out, nd, prompt);
 }
 
 MPK_DEV void mpk_residual_rmsnorm_linear_cuda(const mpk_bf16 *x, const float *part,
@@ -658,18 +732,20 @@ MPK_DEV void mpk_residual_rmsnorm_linear_cuda(const mpk_bf16 *x, const float *pa
                                               mpk_bf16 *out, mpk_bf16 *x_out, int32_t rows,
                                               int32_t K, int32_t n, int32_t ld_x, int32_t ld_w,
                                               int32_t ld_out, int32_t P, int32_t ld_part,
-                                              int32_t ld_xo, int32_t c0, int32_t count, float eps) {
+                                              int32_t ld_xo, int32_t c0, int32_t count, float eps,
+                                              int32_t nd, bool prompt) {
     mpk_residual_rows xr = {x, part, norm_w, x_out, ld_x, K, P, ld_part, ld_xo, c0, count, eps,
                             mpk_smem()->red};
-    mpk_gemv(xr, w, (const mpk_bf16 *)0, out, rows, K, n, ld_w, 0, ld_out);
+    mpk_gemv(xr, w, (const mpk_bf16 *)0, out, rows, K, n, ld_w, 0, ld_out, nd, prompt);
 }
 
 MPK_DEV void mpk_silu_mul_linear_residual_cuda(const mpk_bf16 *in, const mpk_bf16 *w,
                                                const mpk_bf16 *res, mpk_bf16 *out, int32_t rows,
                                                int32_t I, int32_t n, int32_t ld_in, int32_t ld_w,
-                                               int32_t ld_res, int32_t ld_out) {
+                                               int32_t ld_res, int32_t ld_out, int32_t nd,
+                                               bool prompt) {
     mpk_silu_rows xr = {in, ld_in, I};
-    mpk_gemv(xr, w, res, out, rows, I, n, ld_w, ld_res, ld_out);
+    mpk_gemv(xr, w, res, out, rows, I, n, ld_w, ld_res, ld_out, nd, prompt);
 }
 
 #endif  // MPK_KERNELS_CUDA_LINEAR_CUH

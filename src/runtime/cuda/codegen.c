@@ -82,7 +82,8 @@ static void inline_header(mpk_sbuf *b, const char *path, const char *text) {
 // Order: plain data first, then the kernels' common helpers, the task kernels, the runtime.
 static const char *const header_order[] = {
     "src/kernels/task.h",         "src/runtime/batch.h",         "src/runtime/cuda/abi.cuh",
-    "src/kernels/cuda/common.cuh", "src/kernels/cuda/stream.cuh", "src/kernels/cuda/linear.cuh", NULL,
+    "src/kernels/cuda/common.cuh", "src/kernels/cuda/gemm.cuh",   "src/kernels/cuda/stream.cuh",
+    "src/kernels/cuda/linear.cuh", NULL,
 };
 
 static int in_order_list(const char *path) {
@@ -123,8 +124,15 @@ static mpk_status emit_headers(mpk_kernel *k, mpk_sbuf *b) {
 #define BF "mpk_bf16"
 #define CBF "const mpk_bf16"
 
-// The body of one variant: rows [r0, r1) of the task, shape constants as literals.
-static mpk_status emit_variant_body(mpk_kernel *k, mpk_sbuf *b, int32_t id, const mpk_variant *v) {
+// The matrix products whose prompt rows take the tensor cores (gemm.cuh).
+static int is_product(int32_t type) {
+    return type == MPK_TASK_LINEAR || type == MPK_TASK_LINEAR_RESIDUAL || type == MPK_TASK_RMSNORM_LINEAR ||
+           type == MPK_TASK_RESIDUAL_RMSNORM_LINEAR || type == MPK_TASK_SILU_MUL_LINEAR_RESIDUAL;
+}
+
+// The body of one variant: rows [r0, r1) of the task, shape constants as literals. A product's
+// body takes its decode rows (prompt == 0: the GEMV) or its prompt rows (prompt == 1).
+static mpk_status emit_variant_body(mpk_kernel *k, mpk_sbuf *b, int32_t id, const mpk_variant *v, int prompt) {
     const int32_t *p = v->p;
     switch (v->type) {
     case MPK_TASK_EMBED:  // ids, weight, out | cols, ld_w, ld_out, vocab
@@ -139,19 +147,20 @@ static mpk_status emit_variant_body(mpk_kernel *k, mpk_sbuf *b, int32_t id, cons
         break;
     case MPK_TASK_RMSNORM_LINEAR:  // x, norm_w, w, out | K, n, ld_x, ld_w, ld_out; f0 eps
         mpk_sbuf_printf(b, "    mpk_rmsnorm_linear_cuda(" OP(CBF, 0) " + (int64_t)r0 * %d, " OP(CBF, 1) ", "
-                        OP(CBF, 2) ", " OP(BF, 3) " + (int64_t)r0 * %d, r1 - r0, %d, %d, %d, %d, %d, %.9gf);\n",
-                        p[2], p[4], p[0], p[1], p[2], p[3], p[4], (double)v->f[0]);
+                        OP(CBF, 2) ", " OP(BF, 3) " + (int64_t)r0 * %d, r1 - r0, %d, %d, %d, %d, %d, %.9gf, "
+                        "mpk_decode_rows(nd, r0, r1), %s);\n",
+                        p[2], p[4], p[0], p[1], p[2], p[3], p[4], (double)v->f[0], prompt ? "true" : "false");
         break;
     case MPK_TASK_LINEAR:  // x, w, out | K, n, ld_x, ld_w, ld_out
         mpk_sbuf_printf(b, "    mpk_linear_cuda(" OP(CBF, 0) " + (int64_t)r0 * %d, " OP(CBF, 1) ", " OP(BF, 2)
-                        " + (int64_t)r0 * %d, r1 - r0, %d, %d, %d, %d, %d);\n",
-                        p[2], p[4], p[0], p[1], p[2], p[3], p[4]);
+                        " + (int64_t)r0 * %d, r1 - r0, %d, %d, %d, %d, %d, mpk_decode_rows(nd, r0, r1), %s);\n",
+                        p[2], p[4], p[0], p[1], p[2], p[3], p[4], prompt ? "true" : "false");
         break;
     case MPK_TASK_LINEAR_RESIDUAL:  // x, w, res, out | K, n, ld_x, ld_w, ld_res, ld_out
         mpk_sbuf_printf(b, "    mpk_linear_residual_cuda(" OP(CBF, 0) " + (int64_t)r0 * %d, " OP(CBF, 1) ", "
                         OP(CBF, 2) " + (int64_t)r0 * %d, " OP(BF, 3) " + (int64_t)r0 * %d, r1 - r0, "
-                        "%d, %d, %d, %d, %d, %d);\n",
-                        p[2], p[4], p[5], p[0], p[1], p[2], p[3], p[4], p[5]);
+                        "%d, %d, %d, %d, %d, %d, mpk_decode_rows(nd, r0, r1), %s);\n",
+                        p[2], p[4], p[5], p[0], p[1], p[2], p[3], p[4], p[5], prompt ? "true" : "false");
         break;
     case MPK_TASK_ATTENTION:  // qkv, k_cache, v_cache, q_norm, k_norm, inv_freq, out, split workspace
         // G, D, ld_qkv, ld_out, page_size, page_stride, has_qnorm, has_knorm, has_rope,
@@ -190,9 +199,9 @@ static mpk_status emit_variant_body(mpk_kernel *k, mpk_sbuf *b, int32_t id, cons
         mpk_sbuf_printf(b, "    mpk_residual_rmsnorm_linear_cuda(" OP(CBF, 0) " + (int64_t)r0 * %d, " OP("const float", 1)
                         " + (int64_t)r0 * %d, " OP(CBF, 2) ", " OP(CBF, 3) ", " OP(BF, 4) " + (int64_t)r0 * %d, "
                         OP(BF, 5) " + (int64_t)r0 * %d, r1 - r0, %d, %d, %d, %d, %d, %d, %d, %d, d.iparam[0], "
-                        "d.iparam[1], %.9gf);\n",
+                        "d.iparam[1], %.9gf, mpk_decode_rows(nd, r0, r1), %s);\n",
                         p[2], p[6], p[4], p[7], p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7],
-                        (double)v->f[0]);
+                        (double)v->f[0], prompt ? "true" : "false");
         break;
     case MPK_TASK_SILU_MUL:  // gate, up, out | n, ld_in, ld_out
         mpk_sbuf_printf(b, "    mpk_silu_mul_cuda(" OP(CBF, 0) " + (int64_t)r0 * %d, " OP(CBF, 1)
@@ -202,8 +211,8 @@ static mpk_status emit_variant_body(mpk_kernel *k, mpk_sbuf *b, int32_t id, cons
     case MPK_TASK_SILU_MUL_LINEAR_RESIDUAL:  // in, w, res, out | I, n, ld_in, ld_w, ld_res, ld_out
         mpk_sbuf_printf(b, "    mpk_silu_mul_linear_residual_cuda(" OP(CBF, 0) " + (int64_t)r0 * %d, " OP(CBF, 1)
                         ", " OP(CBF, 2) " + (int64_t)r0 * %d, " OP(BF, 3) " + (int64_t)r0 * %d, r1 - r0, "
-                        "%d, %d, %d, %d, %d, %d);\n",
-                        p[2], p[4], p[5], p[0], p[1], p[2], p[3], p[4], p[5]);
+                        "%d, %d, %d, %d, %d, %d, mpk_decode_rows(nd, r0, r1), %s);\n",
+                        p[2], p[4], p[5], p[0], p[1], p[2], p[3], p[4], p[5], prompt ? "true" : "false");
         break;
     case MPK_TASK_ALLREDUCE:  // in, out | n, ld_in, ld_out
         mpk_sbuf_printf(b, "    mpk_allreduce_cuda(" OP(CBF, 0) " + (int64_t)r0 * %d, " OP(BF, 1)
@@ -271,22 +280,45 @@ mpk_status mpk_cuda_codegen(mpk_kernel *k, char **out) {
         const mpk_variant *v = &k->graph.variants[i];
         mpk_sbuf_printf(&b, "\n// variant %d: %s,", i, mpk_task_type_name(v->type));
         emit_variant_users(k, &b, i);
-        mpk_sbuf_printf(&b, "\n__device__ __forceinline__ void mpk_variant_%d(const mpk_task_desc &d, mpk_batch *b, int32_t nt) {\n"
+        mpk_sbuf_printf(&b, "\n__device__ __forceinline__ void mpk_variant_%d(const mpk_task_desc &d, mpk_batch *b, int32_t nt, int32_t nd) {\n"
                             "    const int32_t r0 = d.row_begin, r1 = min(d.row_end, nt);\n"
                             "    if (r1 <= r0 && d.type != %d && d.type != %d && d.type != %d) return;\n",
                         i, MPK_TASK_ATTENTION, MPK_TASK_ATTENTION_LINEAR, MPK_TASK_SAMPLING);
-        st = emit_variant_body(k, &b, i, v);
+        st = emit_variant_body(k, &b, i, v, 0);
         if (st) {
             free(b.s);
             return st;
         }
         mpk_sbuf_printf(&b, "}\n");
     }
-    mpk_sbuf_printf(&b, "\n// ==== dispatch: variant id -> body ====\n"
-                        "__device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b, int32_t nt) {\n"
+    // The products' prompt rows (a prefill chunk): a function of its own, called by the runtime
+    // before the task's body, so that the decode path's code has no call in it (one inside the
+    // GEMV measured 2% slower per token: bench/NOTES.md v13).
+    mpk_sbuf_printf(&b, "\n// ==== prompt rows of the products (tensor cores) ====\n");
+    for (int32_t i = 0; i < k->graph.num_variants; i++) {
+        const mpk_variant *v = &k->graph.variants[i];
+        if (!is_product(v->type)) continue;
+        mpk_sbuf_printf(&b, "\n__device__ __forceinline__ void mpk_variant_prompt_%d(const mpk_task_desc &d, mpk_batch *b, int32_t nt, int32_t nd) {\n"
+                            "    const int32_t r0 = d.row_begin, r1 = min(d.row_end, nt);\n"
+                            "    if (r1 <= r0) return;\n", i);
+        st = emit_variant_body(k, &b, i, v, 1);
+        if (st) {
+            free(b.s);
+            return st;
+        }
+        mpk_sbuf_printf(&b, "}\n");
+    }
+    mpk_sbuf_printf(&b, "\n__device__ __noinline__ void mpk_dispatch_prompt(const mpk_task_desc &d, mpk_batch *b, int32_t nt, int32_t nd) {\n"
                         "    switch (d.variant) {\n");
     for (int32_t i = 0; i < k->graph.num_variants; i++)
-        mpk_sbuf_printf(&b, "    case %d: mpk_variant_%d(d, b, nt); return true;  // %s\n", i, i,
+        if (is_product(k->graph.variants[i].type))
+            mpk_sbuf_printf(&b, "    case %d: mpk_variant_prompt_%d(d, b, nt, nd); return;\n", i, i);
+    mpk_sbuf_printf(&b, "    default: return;\n    }\n}\n");
+    mpk_sbuf_printf(&b, "\n// ==== dispatch: variant id -> body ====\n"
+                        "__device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b, int32_t nt, int32_t nd) {\n"
+                        "    switch (d.variant) {\n");
+    for (int32_t i = 0; i < k->graph.num_variants; i++)
+        mpk_sbuf_printf(&b, "    case %d: mpk_variant_%d(d, b, nt, nd); return true;  // %s\n", i, i,
                         mpk_task_type_name(k->graph.variants[i].type));
     mpk_sbuf_printf(&b, "    default: return false;\n    }\n}\n");
     // The preload (runtime.cuh): attention of one kv head per task (p9 == 1) copies the earlier

@@ -4,7 +4,8 @@
 // through dlsym. Every CUDA runtime call of the backend lives here, checked, with file:line.
 //
 // The generated .cu defines, after this file:
-//   __device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b, int32_t num_tokens);
+//   __device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b, int32_t num_tokens,
+//                                     int32_t decode_rows);
 // which runs task d with the whole block (false: unknown variant). Semantics mirror
 // src/runtime/cpu: see DESIGN.md §2.3 and the comments at each loop below.
 #ifndef MPK_RUNTIME_CUDA_RUNTIME_CUH
@@ -19,7 +20,12 @@
 #include "../batch.h"
 #include "abi.cuh"
 
-__device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b, int32_t num_tokens);
+__device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b, int32_t num_tokens,
+                                  int32_t decode_rows);
+// Also generated: the prompt rows of task d when it is a matrix product (the rows from
+// decode_rows on, on the tensor cores); the task's body then does its decode rows.
+__device__ void mpk_dispatch_prompt(const mpk_task_desc &d, mpk_batch *b, int32_t num_tokens,
+                                    int32_t decode_rows);
 // Also generated: what task d may start before its event fires, all threads, nt rows this
 // iteration (attention: the earlier positions' keys and values into shared memory).
 __device__ void mpk_preload_task(const mpk_task_desc &d, const mpk_batch *b, int32_t nt);
@@ -182,6 +188,7 @@ struct mpk_worker_shared {
     unsigned int profiled;  // profile records this block has attempted (thread 0)
     int32_t flag;
     int32_t num_tokens;   // rows of the iteration (static mode: read once per iteration)
+    int32_t decode_rows;  // of them the decode rows, the first (mpk_batch.decode_rows; read with it)
     unsigned long long entry;
     long long t_wait, t_start;  // profiling (thread 0): the running task's wait began, it started
 };
@@ -227,7 +234,7 @@ __device__ __forceinline__ void mpk_prefetch_weights(const mpk_task_desc &d) {
 // ahead, so they arrive while t runs and t's successors wait; `first` also requests t's own.
 __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32_t w,
                              int32_t t, uint32_t iter, int32_t next = -1, bool first = true,
-                             int32_t num_tokens = -1) {
+                             int32_t num_tokens = -1, int32_t decode_rows = 0) {
     const mpk_task_desc &dg = a.tasks[t];
     const uint32_t ev = dg.wait_event;
     const bool prof = a.profiling != 0;
@@ -256,6 +263,7 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
         if (ok) ws->state = MPK_DEV_W_RUNNING;  // an aborted wait stays visible to the host
         sh->flag = ok;
         sh->num_tokens = num_tokens >= 0 ? num_tokens : (ok ? a.batch->num_tokens : 0);
+        sh->decode_rows = num_tokens >= 0 ? decode_rows : (ok ? a.batch->decode_rows : 0);
         if (prof) {
             mpk_smem()->inputs_mark = 0;
             sh->t_start = mpk_globaltimer();
@@ -263,7 +271,13 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
     }
     mpk_sync();
     if (!sh->flag) return false;
-    if (!mpk_dispatch_task(d, a.batch, sh->num_tokens) && threadIdx.x == 0) mpk_device_error(a, t);
+#ifndef MPK_PROMPT_CALL  // (0: timing probe only — prompt rows are then not computed)
+#define MPK_PROMPT_CALL 1
+#endif
+    if (MPK_PROMPT_CALL && sh->decode_rows < sh->num_tokens)
+        mpk_dispatch_prompt(d, a.batch, sh->num_tokens, sh->decode_rows);
+    if (!mpk_dispatch_task(d, a.batch, sh->num_tokens, sh->decode_rows) && threadIdx.x == 0)
+        mpk_device_error(a, t);
     // Read what the triggers need before the barrier: past it, warp 1 may already be copying
     // the next task's descriptor over sh->desc.
     const uint32_t trig_begin = d.trigger_begin, trig_end = d.trigger_end;
@@ -349,6 +363,7 @@ __device__ void mpk_worker_static(const mpk_dev_args &a, mpk_worker_shared *sh, 
         mpk_sync();
         const bool go = sh->flag;
         const int32_t nt = go ? *(volatile int32_t *)&a.batch->num_tokens : 0;  // after the acquire of event 0
+        const int32_t nd = go ? *(volatile int32_t *)&a.batch->decode_rows : 0;
         mpk_sync();
         if (!go) return;
         const int32_t i0 = a.worker_task_begin[w], i1 = a.worker_task_begin[w + 1];
@@ -358,7 +373,7 @@ __device__ void mpk_worker_static(const mpk_dev_args &a, mpk_worker_shared *sh, 
             // attention split between a worker's qkv and o_proj tiles, measured slower; so did
             // letting an idle split skip its wait: bench/NOTES.md v12.)
             const int32_t next = i + 1 < i1 ? a.worker_tasks[i + 1] : a.worker_tasks[i0];
-            if (!mpk_run_task(a, sh, w, a.worker_tasks[i], iter, next, iter == 1 && i == i0, nt))
+            if (!mpk_run_task(a, sh, w, a.worker_tasks[i], iter, next, iter == 1 && i == i0, nt, nd))
                 return;
         }
         if (w == 0 && threadIdx.x == 0) {

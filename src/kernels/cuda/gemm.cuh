@@ -1,0 +1,224 @@
+// gemm.cuh — the product of many input rows at once (a prefill chunk) on the tensor cores.
+//
+// The GEMV (linear.cuh) takes rows four at a time and streams the task's weights once per four
+// rows: a 64-row prefill chunk read every weight 16 times, and Qwen3-8B prefilled at ~460
+// tokens/s, 24x slower than transformers eager on the same H100 (bench/NOTES.md, v13). Here a
+// tile of up to MPK_MMA_MAX_M rows is staged in shared memory in chunks of K, and each warp
+// multiplies its 8-column tiles of the weights with mma.sync (m16n8k16, bf16 in, fp32 sums), so a
+// 64-row tile reads each weight once.
+//
+// Fragments without a shuffle: a lane loads 16 bytes of one weight row (column j = tile * 8 +
+// lane / 4, elements k .. k + 7 from k = 32 * step + 8 * (lane % 4)) and the matching 16 bytes of
+// its two input rows. Within a step of 32 elements the first MMA takes each lane's elements 0-3,
+// the second 4-7: the A and B fragments name the same k for every product, so the sum over the
+// step's 32 elements is exact whatever order the tensor core adds them in. Sums are fp32 and
+// per (row, column) independent of the other rows; their rounding differs from the GEMV's (another
+// order of the same products), which the GPU tests allow for (tolerance against the CPU oracle).
+//
+// Warps and columns: ceil(n / 8) column tiles; with fewer tiles than warps, ks warps share a tile,
+// each taking every ks-th step of K, and their sums meet in shared memory in a fixed order (results
+// repeat run to run). A warp holds sums for MPK_MMA_TILES tiles at once; wider tasks take several
+// passes over K (the LM head of a batch of sequences).
+//
+// The staged rows: the input kinds of linear.cuh (plain, normalised, residual + normalised,
+// silu * up) give 8 elements of a row at a time (stage8), after prep() has computed what a row
+// needs as a whole (its RMS scale). Row r's 16-byte unit u sits at unit u ^ 4 * (r & 1): the two
+// rows that a quarter-warp's 16-byte fragment loads touch then fall in different banks.
+#ifndef MPK_KERNELS_CUDA_GEMM_CUH
+#define MPK_KERNELS_CUDA_GEMM_CUH
+
+#include "common.cuh"
+
+#define MPK_MMA_MAX_M 64    // rows per tile: 16 fp32 sums per lane per column tile
+#ifndef MPK_MMA_TILES
+#define MPK_MMA_TILES 2     // column tiles per warp per pass over K
+#endif
+#define MPK_MMA_UNROLL 4    // steps of 32 elements of K whose weight loads are in flight
+// (8 measured no faster and spilled in the Qwen3-8B kernel: bench/NOTES.md v13)
+// Ask L2 for each chunk's weights a chunk ahead (measured slower: Qwen3-8B pp512 0.509 against
+// 0.475 ms/token; v13). Off.
+#ifndef MPK_MMA_PREFETCH
+#define MPK_MMA_PREFETCH 0
+#endif
+// 0 builds the GEMV only (prompt rows too): to compare decode speed with and without this path.
+#ifndef MPK_MMA
+#define MPK_MMA 1
+#endif
+
+MPK_DEV void mpk_mma_bf16(float d[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                          uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Asks L2 for rows [j0, j1) of the weights, elements [k0, k1): one bulk prefetch per row, by the
+// block's first j1 - j0 threads. The staging of a chunk's inputs and the product of the chunk
+// before it run while they travel.
+MPK_DEV void mpk_mma_prefetch(const mpk_bf16 *w, int32_t ld_w, int32_t j0, int32_t j1, int32_t k0, int32_t k1) {
+    const int32_t j = j0 + (int32_t)threadIdx.x;
+    const uint32_t bytes = (uint32_t)(k1 - k0) * 2u;
+    if (j < j1 && bytes >= 16u)
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(w + (int64_t)j * ld_w + k0),
+                     "r"(bytes & ~15u) : "memory");
+}
+
+// Where row r's 16-byte unit u of the staged chunk lives (in units of 8 elements).
+MPK_DEV int32_t mpk_mma_unit(int32_t r, int32_t u) { return u ^ ((r & 1) << 2); }
+
+// out[r][j] = bf16(sum_k x[r][k] * w[j][k] (+ res[r][j])), or the fp32 sum into outf when set,
+// for rows [row0, rows) and columns [0, n). A row's sums do not depend on the other rows, on the
+// tile's height or on the chunks of K (warp seg adds the steps s with s % ks == seg, counted from
+// k = 0, in order), so a request's prompt rows get the same values in any batch. Requires what the GEMV's staged path requires (K % 8 == 0,
+// ld_w % 8 == 0, w 16-byte aligned, xr.vec_ok()). Not inlined: one copy per input kind, not one
+// per task variant (prefill is bound by the weights, not by this code's constants).
+template <class XRows>
+__device__ __noinline__ void mpk_gemm_rows(XRows xr, const mpk_bf16 *w, const mpk_bf16 *res,
+                                           mpk_bf16 *out, float *outf, int32_t row0, int32_t rows, int32_t K,
+                                           int32_t n, int32_t ld_w, int32_t ld_res, int32_t ld_out) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = MPK_DEV_THREADS / 32;
+    const int g = lane >> 2, q = lane & 3;
+    const int32_t tiles = (n + 7) / 8, K64 = (K + 63) / 64 * 64;
+    mpk_bf16 *xs = (mpk_bf16 *)mpk_dyn_smem();
+    float *scale = mpk_smem()->f + MPK_SCRATCH_FLOATS - MPK_MMA_MAX_M;  // (the tile's rows)
+    bool marked = false;
+    for (int32_t r0 = row0; r0 < rows; r0 += MPK_MMA_MAX_M) {
+        const int32_t nr = min(MPK_MMA_MAX_M, rows - r0), M = (nr + 15) / 16 * 16, MT = M / 16;
+        // Chunks of K: as long as the staging area allows, of equal length, multiples of 64.
+        const int32_t kc_max = MPK_DYN_SMEM_BYTES / 2 / M / 64 * 64;  // (the staging area, bf16)
+        const int32_t nch = (K64 + kc_max - 1) / kc_max;
+        const int32_t KC = ((K64 + nch - 1) / nch + 63) / 64 * 64, units = KC / 8;
+        const int32_t ks = tiles >= nwarps ? 1 : min(nwarps / tiles, KC / 32);
+        const int32_t slots = nwarps / ks, seg = warp % ks, slot = warp / ks;
+        const bool busy = slot < slots;
+        xr.prep(r0, nr, scale);
+        mpk_sync();
+        for (int32_t t0 = 0; t0 < tiles; t0 += slots * MPK_MMA_TILES) {
+            float acc[MPK_MMA_TILES][4][4];
+#pragma unroll
+            for (int t = 0; t < MPK_MMA_TILES; t++)
+#pragma unroll
+                for (int m = 0; m < 4; m++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) acc[t][m][e] = 0.0f;
+            const int32_t j0 = t0 * 8, j1 = min(n, (t0 + slots * MPK_MMA_TILES) * 8);  // the pass's columns
+            for (int32_t k0 = 0; k0 < K; k0 += KC) {
+                if (MPK_MMA_PREFETCH && k0 == 0) mpk_mma_prefetch(w, ld_w, j0, j1, 0, min(K, KC));
+                if (MPK_MMA_PREFETCH && k0 + KC < K) mpk_mma_prefetch(w, ld_w, j0, j1, k0 + KC, min(K, k0 + 2 * KC));
+                // A thread loads its XRows::batch pieces before storing the first (one at a time
+                // they form a chain of round trips; measured no faster on Qwen3-8B, where the
+                // products wait on their weight loads instead: bench/NOTES.md v13).
+                const int32_t total = M * units;
+                for (int32_t i0 = threadIdx.x; i0 < total; i0 += MPK_DEV_THREADS * XRows::batch) {
+                    uint4 v[XRows::batch];
+#pragma unroll
+                    for (int bi = 0; bi < XRows::batch; bi++) {
+                        const int32_t i = i0 + bi * MPK_DEV_THREADS, r = i / units, k = k0 + (i % units) * 8;
+                        v[bi] = make_uint4(0u, 0u, 0u, 0u);
+                        if (i < total && r < nr && k < K) v[bi] = xr.stage8(r0 + r, k, scale[r]);
+                    }
+#pragma unroll
+                    for (int bi = 0; bi < XRows::batch; bi++) {
+                        const int32_t i = i0 + bi * MPK_DEV_THREADS, r = i / units;
+                        if (i < total) *(uint4 *)(xs + (int64_t)r * KC + mpk_mma_unit(r, i % units) * 8) = v[bi];
+                    }
+                }
+                mpk_sync();
+                if (!marked) {
+                    mpk_mark_inputs();
+                    marked = true;
+                }
+                const int32_t steps = min(KC, K - k0 + 31) / 32;  // steps with an element below K
+                const int32_t first = ((seg - k0 / 32) % ks + ks) % ks;  // this segment's first step
+                for (int32_t s0 = first; busy && s0 < steps; s0 += ks * MPK_MMA_UNROLL) {
+                    uint4 wv[MPK_MMA_UNROLL][MPK_MMA_TILES];
+#pragma unroll
+                    for (int u = 0; u < MPK_MMA_UNROLL; u++)
+#pragma unroll
+                        for (int t = 0; t < MPK_MMA_TILES; t++) {
+                            const int32_t st = s0 + u * ks, tile = t0 + slot + t * slots;
+                            const int32_t k = k0 + st * 32 + q * 8;
+                            wv[u][t] = make_uint4(0u, 0u, 0u, 0u);
+                            if (st < steps && tile < tiles && k < K) {
+                                const int32_t j = min(tile * 8 + g, n - 1);  // (a partial last tile)
+                                wv[u][t] = mpk_ld16_ro(w + (int64_t)j * ld_w + k);
+                            }
+                        }
+#pragma unroll
+                    for (int u = 0; u < MPK_MMA_UNROLL; u++) {
+                        const int32_t st = s0 + u * ks;
+                        if (st >= steps) break;
+                        const int32_t un = st * 4 + q;
+#pragma unroll
+                        for (int m = 0; m < 4; m++) {
+                            if (m >= MT) break;
+                            const int32_t ra = m * 16 + g, rb = ra + 8;  // the lane's two rows
+                            const uint4 lo = *(const uint4 *)(xs + (int64_t)ra * KC + mpk_mma_unit(ra, un) * 8);
+                            const uint4 hi = *(const uint4 *)(xs + (int64_t)rb * KC + mpk_mma_unit(rb, un) * 8);
+#pragma unroll
+                            for (int t = 0; t < MPK_MMA_TILES; t++) {
+                                if (t0 + slot + t * slots >= tiles) break;
+                                mpk_mma_bf16(acc[t][m], lo.x, hi.x, lo.y, hi.y, wv[u][t].x, wv[u][t].y);
+                                mpk_mma_bf16(acc[t][m], lo.z, hi.z, lo.w, hi.w, wv[u][t].z, wv[u][t].w);
+                            }
+                        }
+                    }
+                }
+                mpk_sync();  // the next chunk (or the partial sums) overwrite xs
+            }
+            // The ks warps of a tile add up in segment order, through the staging area.
+            if (ks > 1) {
+                // (ks - 1, slots, MPK_MMA_TILES * 16, 32): segment s's sums, lane-major
+                float *part = (float *)xs + (int64_t)slot * MPK_MMA_TILES * 16 * 32 + lane;
+                const int64_t seg_stride = (int64_t)slots * MPK_MMA_TILES * 16 * 32;
+                if (busy && seg > 0) {
+#pragma unroll
+                    for (int t = 0; t < MPK_MMA_TILES; t++)
+#pragma unroll
+                        for (int m = 0; m < 4; m++)
+#pragma unroll
+                            for (int e = 0; e < 4; e++) part[(seg - 1) * seg_stride + (t * 16 + m * 4 + e) * 32] = acc[t][m][e];
+                }
+                mpk_sync();
+                if (busy && seg == 0) {
+                    for (int32_t s = 1; s < ks; s++)
+#pragma unroll
+                        for (int t = 0; t < MPK_MMA_TILES; t++)
+#pragma unroll
+                            for (int m = 0; m < 4; m++)
+#pragma unroll
+                                for (int e = 0; e < 4; e++) acc[t][m][e] += part[(s - 1) * seg_stride + (t * 16 + m * 4 + e) * 32];
+                }
+            }
+            if (busy && seg == 0) {
+#pragma unroll
+                for (int t = 0; t < MPK_MMA_TILES; t++) {
+                    const int32_t tile = t0 + slot + t * slots;
+                    if (tile >= tiles) break;
+#pragma unroll
+                    for (int m = 0; m < 4; m++) {
+                        if (m >= MT) break;
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const int32_t r = m * 16 + g + (e >> 1) * 8, j = tile * 8 + q * 2 + (e & 1);
+                            if (r >= nr || j >= n) continue;
+                            const int64_t row = r0 + r;
+                            float s = acc[t][m][e];
+                            if (outf) {
+                                outf[row * ld_out + j] = s;
+                                continue;
+                            }
+                            if (res) s += mpk_bf2f(res[row * ld_res + j]);
+                            out[row * ld_out + j] = mpk_f2bf(s);
+                        }
+                    }
+                }
+            }
+            if (ks > 1) mpk_sync();  // the next pass stages over the partial sums
+        }
+    }
+}
+
+#endif  // MPK_KERNELS_CUDA_GEMM_CUH
