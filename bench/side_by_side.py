@@ -3,7 +3,7 @@
 # same run) into one table: mpk vs torch.compile, and mpk vs the card's measured read bandwidth;
 # then, when both measured prefill (mpk's ppN rows, torch_baseline.py --prefill N), a prefill table.
 #
-#   python3 bench/side_by_side.py mpk.json torch.jsonl
+#   python3 bench/side_by_side.py mpk.json[,mpk_prefill.json...] torch.jsonl
 import json
 import sys
 
@@ -12,7 +12,12 @@ TARGETS = {"qwen3-8b": (5.2, 1.5), "qwen3-0.6b": (0.45, 5.0), "qwen3-1.7b": (1.2
 
 
 def main():
-    rows = json.load(open(sys.argv[1]))
+    rows = []
+    for path in sys.argv[1].split(","):
+        try:
+            rows += json.load(open(path))
+        except (FileNotFoundError, json.JSONDecodeError):
+            print(f"(no mpk results in {path})")
     mpk = [r for r in rows if r["test"].startswith("tg")]
     torch_rows, torch_pp = {}, {}
     try:

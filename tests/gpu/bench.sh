@@ -13,7 +13,11 @@ fi
 MODELS=${MPK_BENCH_MODELS:-"qwen3-0.6b qwen3-1.7b qwen3-8b"}
 args=""
 for m in $MODELS; do args="$args --config $m"; done
-build/mpk bench $args -n 128 -p 512 -r 3 -o json --backend cuda -v > "$OUT/mpk_bench.json" 2> "$OUT/mpk_bench.log" \
+# Decode and prefill in two runs: one kernel serves a run, sized to its longest test, and the
+# layout depends on that size (Qwen3-0.6B fuses attention with o_proj up to 256 positions).
+build/mpk bench $args -n 0 -p 512 -r 3 -o json --backend cuda -v > "$OUT/mpk_prefill.json" 2> "$OUT/mpk_prefill.log" \
+    || { tail -20 "$OUT/mpk_prefill.log"; }
+build/mpk bench $args -n 128 -p 0 -r 3 -o json --backend cuda -v > "$OUT/mpk_bench.json" 2> "$OUT/mpk_bench.log" \
     || { tail -20 "$OUT/mpk_bench.log"; }
 if [ "${MPK_SKIP_TORCH:-0}" != 1 ]; then
     PYTHONUNBUFFERED=1 timeout 420 python3 bench/torch_baseline.py $MODELS --tokens 128 --reps 3 \
@@ -28,4 +32,4 @@ for m in $PROFILE_MODELS; do
 done
 cat "$OUT/profile-qwen3-8b.txt" 2>/dev/null | tail -20
 echo
-python3 bench/side_by_side.py "$OUT/mpk_bench.json" "$OUT/torch.jsonl"
+python3 bench/side_by_side.py "$OUT/mpk_bench.json,$OUT/mpk_prefill.json" "$OUT/torch.jsonl"
