@@ -49,16 +49,26 @@ Test(cuda, codegen_covers_every_variant) {
     char *src = NULL;
     cr_assert_eq(mpk_cuda_codegen(k, &src), MPK_OK, "%s", mpk_last_error(k));
     cr_assert_gt(k->graph.num_variants, 2);
+    int products = 0;
     for (int32_t v = 0; v < k->graph.num_variants; v++) {
-        char want[96];
-        snprintf(want, sizeof want, "case %d: mpk_variant_%d(d, b, nt); return true;", v, v);
+        char want[112];
+        snprintf(want, sizeof want, "case %d: mpk_variant_%d(d, b, nt, nd); return true;", v, v);
         cr_expect(strstr(src, want), "no dispatch case for variant %d", v);
-        snprintf(want, sizeof want, "void mpk_variant_%d(const mpk_task_desc &d, mpk_batch *b, int32_t nt)", v);
+        snprintf(want, sizeof want, "void mpk_variant_%d(const mpk_task_desc &d, mpk_batch *b, int32_t nt, int32_t nd)", v);
         cr_expect(strstr(src, want), "no body for variant %d", v);
+        // A matrix product's prompt rows have a case of their own (the tensor cores); no other task's.
+        const int32_t t = k->graph.variants[v].type;
+        const int product = t == MPK_TASK_LINEAR || t == MPK_TASK_LINEAR_RESIDUAL || t == MPK_TASK_RMSNORM_LINEAR ||
+                            t == MPK_TASK_RESIDUAL_RMSNORM_LINEAR || t == MPK_TASK_SILU_MUL_LINEAR_RESIDUAL;
+        products += product;
+        snprintf(want, sizeof want, "case %d: mpk_variant_prompt_%d(d, b, nt, nd); return;", v, v);
+        cr_expect(!strstr(src, want) == !product, "variant %d (%s): prompt case %s", v, mpk_task_type_name(t),
+                  product ? "missing" : "where none belongs");
     }
+    cr_expect_gt(products, 0);
     const char *headers[] = {"src/kernels/task.h", "src/runtime/batch.h", "src/runtime/cuda/abi.cuh",
-                             "src/kernels/cuda/linear.cuh", "src/kernels/cuda/argmax.cuh",
-                             "src/runtime/cuda/runtime.cuh"};
+                             "src/kernels/cuda/gemm.cuh", "src/kernels/cuda/linear.cuh",
+                             "src/kernels/cuda/argmax.cuh", "src/runtime/cuda/runtime.cuh"};
     for (size_t i = 0; i < sizeof headers / sizeof headers[0]; i++) {
         char want[96];
         snprintf(want, sizeof want, "// ==== %s ====", headers[i]);
