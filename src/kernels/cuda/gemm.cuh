@@ -30,11 +30,18 @@
 #include "common.cuh"
 
 #define MPK_MMA_MAX_M 64    // rows per tile: 16 fp32 sums per lane per column tile
+// Column tiles per warp per pass over K, and steps of 32 elements of K whose weight loads are in
+// flight: 1 and 2 keep the code's registers few, which the megakernel's decode path feels (the
+// call into this code costs decode less: Qwen3-1.7B 1.870 against 1.899 ms/token with 2 and 4,
+// base 1.868) and prefill no slower but on Qwen3-8B (pp512 0.6B 0.092 against 0.096, 1.7B 0.160
+// against 0.171, 8B 0.482 against 0.465 ms/token; bench/NOTES.md v13). 8 steps spilled in the
+// Qwen3-8B kernel.
 #ifndef MPK_MMA_TILES
-#define MPK_MMA_TILES 2     // column tiles per warp per pass over K
+#define MPK_MMA_TILES 1
 #endif
-#define MPK_MMA_UNROLL 4    // steps of 32 elements of K whose weight loads are in flight
-// (8 measured no faster and spilled in the Qwen3-8B kernel: bench/NOTES.md v13)
+#ifndef MPK_MMA_UNROLL
+#define MPK_MMA_UNROLL 2
+#endif
 // Ask L2 for each chunk's weights a chunk ahead (measured slower: Qwen3-8B pp512 0.509 against
 // 0.475 ms/token; v13). Off.
 #ifndef MPK_MMA_PREFETCH
@@ -74,8 +81,11 @@ MPK_DEV int32_t mpk_mma_unit(int32_t r, int32_t u) { return u ^ ((r & 1) << 2); 
 // k = 0, in order), so a request's prompt rows get the same values in any batch. Requires what the GEMV's staged path requires (K % 8 == 0,
 // ld_w % 8 == 0, w 16-byte aligned, xr.vec_ok()). Not inlined: one copy per input kind, not one
 // per task variant (prefill is bound by the weights, not by this code's constants).
+#ifndef MPK_GEMM_ATTR  // (a timing probe may inline it into mpk_dispatch_prompt: __forceinline__)
+#define MPK_GEMM_ATTR __noinline__
+#endif
 template <class XRows>
-__device__ __noinline__ void mpk_gemm_rows(XRows xr, const mpk_bf16 *w, const mpk_bf16 *res,
+__device__ MPK_GEMM_ATTR void mpk_gemm_rows(XRows xr, const mpk_bf16 *w, const mpk_bf16 *res,
                                            mpk_bf16 *out, float *outf, int32_t row0, int32_t rows, int32_t K,
                                            int32_t n, int32_t ld_w, int32_t ld_res, int32_t ld_out) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = MPK_DEV_THREADS / 32;
