@@ -10,8 +10,8 @@
 // Fragments without a shuffle: a lane loads 16 bytes of one weight row (column j = tile * 8 +
 // lane / 4, elements k .. k + 7 from k = 32 * step + 8 * (lane % 4)) and the matching 16 bytes of
 // its two input rows. Within a step of 32 elements the first MMA takes each lane's elements 0-3,
-// the second 4-7: the A and B fragments name the same k for every product, so the sum over the
-// step's 32 elements is exact whatever order the tensor core adds them in. Sums are fp32 and
+// the second 4-7: the A and B fragments name the same k for every product, so the two MMAs
+// together take each of the step's 32 products exactly once. Sums are fp32 and
 // per (row, column) independent of the other rows; their rounding differs from the GEMV's (another
 // order of the same products), which the GPU tests allow for (tolerance against the CPU oracle).
 //
@@ -33,9 +33,9 @@
 // Column tiles per warp per pass over K, and steps of 32 elements of K whose weight loads are in
 // flight: 1 and 2 keep the code's registers few, which the megakernel's decode path feels (the
 // call into this code costs decode less: Qwen3-1.7B 1.870 against 1.899 ms/token with 2 and 4,
-// base 1.868) and prefill no slower but on Qwen3-8B (pp512 0.6B 0.092 against 0.096, 1.7B 0.160
-// against 0.171, 8B 0.482 against 0.465 ms/token; bench/NOTES.md v13). 8 steps spilled in the
-// Qwen3-8B kernel.
+// base 1.868); prefill is faster on the small models and 3.5% slower on Qwen3-8B (pp512 0.6B
+// 0.092 against 0.096, 1.7B 0.160 against 0.171, 8B 0.482 against 0.465 ms/token; bench/NOTES.md
+// v13). 8 steps spilled in the Qwen3-8B kernel.
 #ifndef MPK_MMA_TILES
 #define MPK_MMA_TILES 1
 #endif
