@@ -58,8 +58,7 @@ Test(cuda, codegen_covers_every_variant) {
         cr_expect(strstr(src, want), "no body for variant %d", v);
         // A matrix product's prompt rows have a case of their own (the tensor cores); no other task's.
         const int32_t t = k->graph.variants[v].type;
-        const int product = t == MPK_TASK_LINEAR || t == MPK_TASK_LINEAR_RESIDUAL || t == MPK_TASK_RMSNORM_LINEAR ||
-                            t == MPK_TASK_RESIDUAL_RMSNORM_LINEAR || t == MPK_TASK_SILU_MUL_LINEAR_RESIDUAL;
+        const int product = mpk_task_is_product(t);
         products += product;
         snprintf(want, sizeof want, "case %d: mpk_variant_prompt_%d(d, b, nt, nd); return;", v, v);
         cr_expect(!strstr(src, want) == !product, "variant %d (%s): prompt case %s", v, mpk_task_type_name(t),

@@ -860,15 +860,22 @@ Test(model, build_llama_random_sampling) {
     build_and_check(c, 2, 1);
 }
 
+// A random-weight qwen3-tiny model (layers > 0: that many instead of the preset's), its config in *c.
+static mpk_model *tiny_random_model(mpk_model_config *c, int32_t layers, uint64_t seed) {
+    cr_assert_eq(mpk_model_config_preset("qwen3-tiny", c), MPK_OK);
+    if (layers > 0) c->num_layers = layers;
+    mpk_model *m = NULL;
+    char err[256] = "";
+    cr_assert_eq(mpk_model_create_random(c, seed, &m, err, sizeof err), MPK_OK, "%s", err);
+    return m;
+}
+
 Test(model, build_rejects_null_and_compiled) {
     mpk_kernel *k = cpu_kernel(2, 4, 32);
     cr_expect_eq(mpk_model_build(NULL, k, NULL), MPK_ERR_INVALID_ARG);
     cr_expect(strstr(mpk_last_error(k), "model") != NULL);
     mpk_model_config c;
-    cr_assert_eq(mpk_model_config_preset("qwen3-tiny", &c), MPK_OK);
-    mpk_model *m;
-    char err[256] = "";
-    cr_assert_eq(mpk_model_create_random(&c, 3, &m, err, sizeof err), MPK_OK, "%s", err);
+    mpk_model *m = tiny_random_model(&c, 0, 3);
     cr_assert_eq(mpk_model_build(m, k, NULL), MPK_OK, "%s", mpk_last_error(k));
     cr_assert_eq(mpk_compile(k), MPK_OK, "%s", mpk_last_error(k));
     cr_expect_neq(mpk_model_build(m, k, NULL), MPK_OK, "building into a compiled kernel");
@@ -911,11 +918,7 @@ static double normalised_error(const float *a, const float *ref, int64_t n) {
 static void run_attention_output(int mode, int32_t *toks_out, int32_t *ntok, float *logits_out,
                                  int64_t *nlogits) {
     mpk_model_config c;
-    cr_assert_eq(mpk_model_config_preset("qwen3-tiny", &c), MPK_OK);
-    c.num_layers = 3;
-    mpk_model *m;
-    char err[256] = "";
-    cr_assert_eq(mpk_model_create_random(&c, 7, &m, err, sizeof err), MPK_OK, "%s", err);
+    mpk_model *m = tiny_random_model(&c, 3, 7);
     mpk_kernel *k = cpu_kernel(2, 8, 64);
     mpk_build_options o = mpk_build_default_options();
     o.num_workers_hint = 16;
@@ -958,11 +961,7 @@ Test(model, attention_output_fused_matches_separate) {
 // partial sums in another order: the logits agree to rounding, the tokens exactly.
 static void run_attention_splits(int32_t S, int32_t *toks_out, float *logits_out, int64_t *nlogits) {
     mpk_model_config c;
-    cr_assert_eq(mpk_model_config_preset("qwen3-tiny", &c), MPK_OK);
-    c.num_layers = 3;
-    mpk_model *m;
-    char err[256] = "";
-    cr_assert_eq(mpk_model_create_random(&c, 11, &m, err, sizeof err), MPK_OK, "%s", err);
+    mpk_model *m = tiny_random_model(&c, 3, 11);
     mpk_kernel *k = cpu_kernel(4, 64, 256);
     mpk_build_options o = mpk_build_default_options();
     o.attention_output = MPK_ATTN_OUT_SEPARATE;
@@ -1063,10 +1062,7 @@ Test(model, attention_layer_splits) {
 // split over positions) for one of more than 256 positions.
 Test(model, attention_output_auto_by_context) {
     mpk_model_config c;
-    cr_assert_eq(mpk_model_config_preset("qwen3-tiny", &c), MPK_OK);
-    mpk_model *m;
-    char err[256] = "";
-    cr_assert_eq(mpk_model_create_random(&c, 11, &m, err, sizeof err), MPK_OK, "%s", err);
+    mpk_model *m = tiny_random_model(&c, 0, 11);
     const int32_t ctx[2] = {256, 257};
     for (int i = 0; i < 2; i++) {
         mpk_kernel *k = cpu_kernel(4, 8, ctx[i]);
@@ -1085,10 +1081,7 @@ Test(model, attention_output_auto_by_context) {
 // Impossible split counts are refused by name.
 Test(model, attention_splits_rejects) {
     mpk_model_config c;
-    cr_assert_eq(mpk_model_config_preset("qwen3-tiny", &c), MPK_OK);
-    mpk_model *m;
-    char err[256] = "";
-    cr_assert_eq(mpk_model_create_random(&c, 11, &m, err, sizeof err), MPK_OK, "%s", err);
+    mpk_model *m = tiny_random_model(&c, 0, 11);
     mpk_kernel *k = cpu_kernel(2, 64, 64);
     mpk_build_options o = mpk_build_default_options();
     o.attention_splits = 65;
@@ -1152,10 +1145,7 @@ Test(model, attention_linear_rejects) {
     mpk_build_options o = mpk_build_default_options();
     o.attention_output = 7;
     mpk_model_config c;
-    cr_assert_eq(mpk_model_config_preset("qwen3-tiny", &c), MPK_OK);
-    mpk_model *m;
-    char err[256] = "";
-    cr_assert_eq(mpk_model_create_random(&c, 3, &m, err, sizeof err), MPK_OK, "%s", err);
+    mpk_model *m = tiny_random_model(&c, 0, 3);
     mpk_kernel *k2 = cpu_kernel(2, 4, 32);
     cr_expect_eq(mpk_model_build(m, k2, &o), MPK_ERR_INVALID_ARG);
     cr_expect(strstr(mpk_last_error(k2), "attention_output") != NULL, "%s", mpk_last_error(k2));

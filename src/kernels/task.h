@@ -164,6 +164,13 @@ static inline MPK_HD int32_t mpk_attention_split_range(int32_t S, int32_t s, int
     return A;
 }
 
+// The matrix products (the GEMV family): their rows stream weights, and on the GPU their prompt
+// rows take the tensor cores (gemm.cuh) and the opt-in weight stream feeds them (stream.cuh).
+static inline MPK_HD int mpk_task_is_product(int32_t type) {
+    return type == MPK_TASK_LINEAR || type == MPK_TASK_LINEAR_RESIDUAL || type == MPK_TASK_RMSNORM_LINEAR ||
+           type == MPK_TASK_RESIDUAL_RMSNORM_LINEAR || type == MPK_TASK_SILU_MUL_LINEAR_RESIDUAL;
+}
+
 // Event flags.
 #define MPK_EVENT_FLAG_JIT 1u  // its tasks are dispatched when it fires, not at iteration begin
 #define MPK_EVENT_FLAG_END 2u  // the end-of-iteration event: firing it runs prepare_next_batch

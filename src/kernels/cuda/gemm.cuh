@@ -42,11 +42,6 @@
 #ifndef MPK_MMA_UNROLL
 #define MPK_MMA_UNROLL 2
 #endif
-// Ask L2 for each chunk's weights a chunk ahead (measured slower: Qwen3-8B pp512 0.509 against
-// 0.475 ms/token; v13). Off.
-#ifndef MPK_MMA_PREFETCH
-#define MPK_MMA_PREFETCH 0
-#endif
 // 0 builds the GEMV only (prompt rows too): to compare decode speed with and without this path.
 #ifndef MPK_MMA
 #define MPK_MMA 1
@@ -61,17 +56,6 @@ MPK_DEV void mpk_mma_bf16(float d[4], uint32_t a0, uint32_t a1, uint32_t a2, uin
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// Asks L2 for rows [j0, j1) of the weights, elements [k0, k1): one bulk prefetch per row, by the
-// block's first j1 - j0 threads. The staging of a chunk's inputs and the product of the chunk
-// before it run while they travel.
-MPK_DEV void mpk_mma_prefetch(const mpk_bf16 *w, int32_t ld_w, int32_t j0, int32_t j1, int32_t k0, int32_t k1) {
-    const int32_t j = j0 + (int32_t)threadIdx.x;
-    const uint32_t bytes = (uint32_t)(k1 - k0) * 2u;
-    if (j < j1 && bytes >= 16u)
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(w + (int64_t)j * ld_w + k0),
-                     "r"(bytes & ~15u) : "memory");
-}
-
 // Where row r's 16-byte unit u of the staged chunk lives (in units of 8 elements).
 MPK_DEV int32_t mpk_mma_unit(int32_t r, int32_t u) { return u ^ ((r & 1) << 2); }
 
@@ -81,11 +65,8 @@ MPK_DEV int32_t mpk_mma_unit(int32_t r, int32_t u) { return u ^ ((r & 1) << 2); 
 // k = 0, in order), so a request's prompt rows get the same values in any batch. Requires what the GEMV's staged path requires (K % 8 == 0,
 // ld_w % 8 == 0, w 16-byte aligned, xr.vec_ok()). Not inlined: one copy per input kind, not one
 // per task variant (prefill is bound by the weights, not by this code's constants).
-#ifndef MPK_GEMM_ATTR  // (a timing probe may inline it into mpk_dispatch_prompt: __forceinline__)
-#define MPK_GEMM_ATTR __noinline__
-#endif
 template <class XRows>
-__device__ MPK_GEMM_ATTR void mpk_gemm_rows(XRows xr, const mpk_bf16 *w, const mpk_bf16 *res,
+__device__ __noinline__ void mpk_gemm_rows(XRows xr, const mpk_bf16 *w, const mpk_bf16 *res,
                                            mpk_bf16 *out, float *outf, int32_t row0, int32_t rows, int32_t K,
                                            int32_t n, int32_t ld_w, int32_t ld_res, int32_t ld_out) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = MPK_DEV_THREADS / 32;
@@ -113,10 +94,7 @@ __device__ MPK_GEMM_ATTR void mpk_gemm_rows(XRows xr, const mpk_bf16 *w, const m
                 for (int m = 0; m < 4; m++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) acc[t][m][e] = 0.0f;
-            const int32_t j0 = t0 * 8, j1 = min(n, (t0 + slots * MPK_MMA_TILES) * 8);  // the pass's columns
             for (int32_t k0 = 0; k0 < K; k0 += KC) {
-                if (MPK_MMA_PREFETCH && k0 == 0) mpk_mma_prefetch(w, ld_w, j0, j1, 0, min(K, KC));
-                if (MPK_MMA_PREFETCH && k0 + KC < K) mpk_mma_prefetch(w, ld_w, j0, j1, k0 + KC, min(K, k0 + 2 * KC));
                 // A thread loads its XRows::batch pieces before storing the first (one at a time
                 // they form a chain of round trips; measured no faster on Qwen3-8B, where the
                 // products wait on their weight loads instead: bench/NOTES.md v13).

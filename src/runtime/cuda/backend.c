@@ -292,10 +292,7 @@ static mpk_status upload_tensors(mpk_kernel *k) {
 void mpk_cuda_plan_stream(mpk_task_desc *d, const mpk_variant *v) {
     d->stream_chunks = 0;
     d->stream_chunk_bytes = 0;
-    if (d->type != MPK_TASK_RMSNORM_LINEAR && d->type != MPK_TASK_LINEAR &&
-        d->type != MPK_TASK_LINEAR_RESIDUAL && d->type != MPK_TASK_SILU_MUL_LINEAR_RESIDUAL &&
-        d->type != MPK_TASK_RESIDUAL_RMSNORM_LINEAR)
-        return;
+    if (!mpk_task_is_product(d->type)) return;
     const int64_t K = v->p[0], n = v->p[1], ld_w = v->p[3];  // same slots in all five
     const int64_t row = 2 * K;  // bf16
     if (K <= 0 || n <= 0 || ld_w != K || row % 16 || row > MPK_DEV_STREAM_SLOT_BYTES) return;

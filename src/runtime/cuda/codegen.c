@@ -124,12 +124,6 @@ static mpk_status emit_headers(mpk_kernel *k, mpk_sbuf *b) {
 #define BF "mpk_bf16"
 #define CBF "const mpk_bf16"
 
-// The matrix products whose prompt rows take the tensor cores (gemm.cuh).
-static int is_product(int32_t type) {
-    return type == MPK_TASK_LINEAR || type == MPK_TASK_LINEAR_RESIDUAL || type == MPK_TASK_RMSNORM_LINEAR ||
-           type == MPK_TASK_RESIDUAL_RMSNORM_LINEAR || type == MPK_TASK_SILU_MUL_LINEAR_RESIDUAL;
-}
-
 // The body of one variant: rows [r0, r1) of the task, shape constants as literals. A product's
 // body takes its decode rows (prompt == 0: the GEMV) or its prompt rows (prompt == 1).
 static mpk_status emit_variant_body(mpk_kernel *k, mpk_sbuf *b, int32_t id, const mpk_variant *v, int prompt) {
@@ -297,7 +291,7 @@ mpk_status mpk_cuda_codegen(mpk_kernel *k, char **out) {
     mpk_sbuf_printf(&b, "\n// ==== prompt rows of the products (tensor cores) ====\n");
     for (int32_t i = 0; i < k->graph.num_variants; i++) {
         const mpk_variant *v = &k->graph.variants[i];
-        if (!is_product(v->type)) continue;
+        if (!mpk_task_is_product(v->type)) continue;
         mpk_sbuf_printf(&b, "\n__device__ __forceinline__ void mpk_variant_prompt_%d(const mpk_task_desc &d, mpk_batch *b, int32_t nt, int32_t nd) {\n"
                             "    const int32_t r0 = d.row_begin, r1 = min(d.row_end, nt);\n"
                             "    if (r1 <= r0) return;\n", i);
@@ -311,7 +305,7 @@ mpk_status mpk_cuda_codegen(mpk_kernel *k, char **out) {
     mpk_sbuf_printf(&b, "\n__device__ __noinline__ void mpk_dispatch_prompt(const mpk_task_desc &d, mpk_batch *b, int32_t nt, int32_t nd) {\n"
                         "    switch (d.variant) {\n");
     for (int32_t i = 0; i < k->graph.num_variants; i++)
-        if (is_product(k->graph.variants[i].type))
+        if (mpk_task_is_product(k->graph.variants[i].type))
             mpk_sbuf_printf(&b, "    case %d: mpk_variant_prompt_%d(d, b, nt, nd); return;\n", i, i);
     mpk_sbuf_printf(&b, "    default: return;\n    }\n}\n");
     mpk_sbuf_printf(&b, "\n// ==== dispatch: variant id -> body ====\n"

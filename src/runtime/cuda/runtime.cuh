@@ -271,11 +271,7 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
     }
     mpk_sync();
     if (!sh->flag) return false;
-#ifndef MPK_PROMPT_CALL  // (0: timing probe only — prompt rows are then not computed)
-#define MPK_PROMPT_CALL 1
-#endif
-    if (MPK_PROMPT_CALL && sh->decode_rows < sh->num_tokens)
-        mpk_dispatch_prompt(d, a.batch, sh->num_tokens, sh->decode_rows);
+    if (sh->decode_rows < sh->num_tokens) mpk_dispatch_prompt(d, a.batch, sh->num_tokens, sh->decode_rows);
     if (!mpk_dispatch_task(d, a.batch, sh->num_tokens, sh->decode_rows) && threadIdx.x == 0)
         mpk_device_error(a, t);
     // Read what the triggers need before the barrier: past it, warp 1 may already be copying
