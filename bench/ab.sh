@@ -13,7 +13,8 @@
 # List the default again as the last variant ("base2||"): a call whose card drifts (seen once,
 # bench/NOTES.md v8) then shows it, and its numbers are not compared.
 # MPK_AB_ARGS replaces the bench arguments (default "-n 128 -p 0 -r 3"), e.g. "-n 16 -p 0 -d 4096
-# -r 2 --ctx 4200" for decode at depth 4096.
+# -r 2 --ctx 4200" for decode at depth 4096, or "-n 0 -p 512 -r 2" for prefill (the table then
+# shows the pp test's ms per prompt token).
 # MPK_AB_PROFILE="name ..." also writes those variants' per-task-type tables (mpk profile) to $OUT
 # and prints them after the table.
 set -u
@@ -54,7 +55,7 @@ for v in "$@"; do
     for m in $MODELS; do
         ms=$(env $envs MPK_NVCC_FLAGS="$flags" $(binary "$v") bench --config "$m" $ARGS -o csv \
                  --backend cuda 2> "$OUT/ab-$name-$m.log" \
-             | python3 -c 'import csv,sys; r=[x for x in csv.DictReader(sys.stdin) if x["test"].startswith("tg")]; print("%.3f" % float(r[0]["ms_per_token"]) if r else "fail")')
+             | python3 -c 'import csv,sys; x=list(csv.DictReader(sys.stdin)); r=[y for y in x if y["test"].startswith("tg")] or [y for y in x if y["test"].startswith("pp")]; print("%.3f" % float(r[0]["ms_per_token"]) if r else "fail")')
         printf ' %s |' "$ms"
         if echo " ${MPK_AB_PROFILE:-} " | grep -q " $name "; then
             env $envs MPK_NVCC_FLAGS="$flags" $(binary "$v") profile --config "$m" --backend cuda -n 8 \

@@ -584,6 +584,17 @@ static void small_model_case(gcase *c, const char *name, int fused) {
     case_model(c, MODEL_SHAPE, fused);
 }
 
+// Requests admitted one at a time (max_requests 1): each prompt comes after the previous
+// request's decode steps, so the run goes prompt kernel, decode kernel, prompt kernel, ...
+// (runtime.cuh: each launch hands the prepared iteration to the other). Tokens, outputs and the
+// profile (one record per task and iteration, numbered across the launches) as in one launch.
+static void one_at_a_time_case(gcase *c) {
+    small_model_case(c, "model, one request at a time", 0);
+    c->params.max_requests = 1;
+    c->nprompts = 3;
+    c->prompts[2] = (prompt_spec){4, 5, 0, 0, 1};
+}
+
 // The attention split over positions (task.h): one request of a 230-token prompt generating 10,
 // decoded alone, so that every decode iteration splits its attention into S ranges of positions
 // (S * 64 <= 231) that the last split to finish combines.
@@ -856,6 +867,9 @@ int main(int argc, char **argv) {
         memset(&c, 0, sizeof c);
         split_model_case(&c, "model, split attention G=2 D=32 S=2", 136, 4, 2, 32, 2);
         prebuild(&c);
+        memset(&c, 0, sizeof c);
+        one_at_a_time_case(&c);
+        prebuild(&c);
         goto table;
     }
     {
@@ -898,6 +912,15 @@ int main(int argc, char **argv) {
         memset(&c, 0, sizeof c);
         split_model_case(&c, "model, split attention G=2 D=32 S=2", 136, 4, 2, 32, 2);
         run_case(&c, " JIT", 0, 2, 1);
+        free_case(&c);
+    }
+    {  // prompt and decode kernels taking turns, static and scheduled, with the profile on
+        gcase c = {0};
+        one_at_a_time_case(&c);
+        c.params.profiling = 1;
+        c.params.profile_capacity = 4096;
+        run_case(&c, " static", 0, 0, 0);
+        run_case(&c, " 1 scheduler", 0, 1, 0);
         free_case(&c);
     }
     if (!getenv("TEST_GPU_CPU_ONLY")) stall_test();

@@ -262,7 +262,7 @@ MPK_DEV void mpk_attn_combine_units(const float *units, int32_t C, int32_t cs, i
 // (acc[D], max, sum) per head.
 // Shared memory (dynamic): q (G, D) floats, then units (G * C, D + 2) floats.
 // Not inlined: keeps its registers out of the GEMV variants' allocation (spills).
-__device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf16 *k_cache,
+static __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const mpk_bf16 *k_cache,
                           const mpk_bf16 *v_cache, const mpk_bf16 *q_norm, const float *inv_freq,
                           const mpk_batch *b, const int32_t *pt, int32_t pos, int32_t t_lo,
                           int32_t t_hi, int32_t G, int32_t D, int32_t page_size, int64_t page_stride,
@@ -476,7 +476,7 @@ MPK_DEV void mpk_l2_ask_issue(const mpk_l2_ask *a) {
 // iteration splits (task.h: mpk_attention_split_range), else split 0 attends all and the others
 // return at once.
 // Not inlined: keeps its registers out of the GEMV variants' allocation (spills).
-__device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache,
+static __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_bf16 *k_cache, mpk_bf16 *v_cache,
                                 const mpk_bf16 *q_norm, const mpk_bf16 *k_norm,
                                 const float *inv_freq, mpk_bf16 *out, const mpk_batch *b,
                                 int32_t G, int32_t D, int32_t ld_qkv, int32_t ld_out,

@@ -132,7 +132,7 @@ MPK_DEV int32_t mpk_sample_row(const mpk_bf16 *l, int32_t V, const mpk_request_s
 
 // keys: this task's scratch of next_pow2(V) 64-bit keys (global memory).
 // Not inlined: keeps its registers out of the GEMV variants' allocation (spills).
-__device__ __noinline__ void mpk_sampling_cuda(const mpk_bf16 *logits, int32_t *out, const mpk_batch *b,
+static __device__ __noinline__ void mpk_sampling_cuda(const mpk_bf16 *logits, int32_t *out, const mpk_batch *b,
                                int32_t row_begin, int32_t row_end, int32_t V, int32_t ld_logits,
                                uint64_t *keys) {
     const int32_t *row_entry = MPK_BATCH_CARRAY(b, off_row_entry, int32_t);

@@ -11,7 +11,7 @@
 #include "../batch.h"
 
 // Bumped whenever a struct below changes; the host refuses a .so built for another version.
-#define MPK_DEV_ABI_VERSION 3
+#define MPK_DEV_ABI_VERSION 4
 
 // Threads of every block of the megakernel (workers and scheduler blocks alike). The generated
 // source defines it first (codegen.c: MPK_CODEGEN_THREADS, 384); -D overrides it for
@@ -81,10 +81,10 @@ typedef struct mpk_dev_control {
     int32_t status;            // MPK_BATCH_* of the iteration begun last
     int32_t iterations;        // iterations begun with MPK_BATCH_RUNNING
     unsigned long long begun;  // iterations begun so far (schedulers watch it)
-    int32_t stop;              // 1 once prepare_next_batch ended the run
+    int32_t stop;              // 1 once prepare_next_batch ended the run (or handed it over)
     int32_t error;             // 1: a task had an unknown variant (bad graph)
     int32_t error_task;
-    int32_t reserved;
+    int32_t handover;          // 1: the launch stopped before an iteration the other kernel runs
     int64_t epoch_ns;          // %globaltimer when the launch began (profile times are relative)
     int64_t iter_begin_ns;     // %globaltimer when the current iteration began
     int64_t prefill_ns;        // time of iterations that processed prompt rows
@@ -139,6 +139,14 @@ typedef struct mpk_dev_args {
 
     const mpk_dev_stream_entry *stream_plan;  // static mode: worker w's entries are
     const int32_t *stream_plan_begin;         //   stream_plan[stream_plan_begin[w] .. [w + 1])
+
+    // Two kernels of one graph (runtime.cuh): the prompt kernel runs iterations that have prompt
+    // rows, the decode kernel the others; a launch stops (control.handover) before an iteration
+    // that is the other's, and the host launches that one with resume = 1.
+    int32_t prompt_kernel;   // 1: this launch is the prompt kernel's
+    int32_t resume;          // 1: the batch is prepared: begin its iteration without preparing
+    int32_t iteration_base;  // iterations of the run's earlier launches (profile numbering)
+    int32_t reserved2;
 } mpk_dev_args;
 
 #endif  // MPK_RUNTIME_CUDA_ABI_CUH

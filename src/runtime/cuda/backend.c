@@ -659,6 +659,24 @@ static mpk_status meta_transfer(mpk_kernel *k, int to_device, int which) {
     return MPK_OK;
 }
 
+// Fresh counters and empty queues for a launch (the batch, the control block and the profile
+// go on from one launch of a run to the next).
+static mpk_status reset_launch(mpk_kernel *k) {
+    cuda_state *s = state_of(k);
+    const mpk_dev_args *a = &s->args;
+    const int64_t W = a->num_workers, S = a->num_schedulers > 0 ? a->num_schedulers : 1;
+    const struct { void *ptr; size_t bytes; } z[] = {
+        {a->counters, 8 * MPK_DEV_COUNTER_STRIDE * (size_t)a->num_events},
+        {a->worker_queue, 8 * (size_t)(W * a->queue_capacity)},
+        {a->worker_queue_tail, 8 * (size_t)W},
+        {a->event_queue, 8 * (size_t)(S * a->event_queue_capacity)},
+        {a->event_queue_tail, 8 * (size_t)S},
+    };
+    for (size_t i = 0; i < sizeof z / sizeof z[0]; i++)
+        if (s->api.memset_(z[i].ptr, 0, z[i].bytes)) return dev_fail(k, 1, "reset");
+    return MPK_OK;
+}
+
 static mpk_status cuda_run(mpk_kernel *k, mpk_token_fn on_tokens, void *user) {
     cuda_state *s = state_of(k);
     if (s->compile_only)
@@ -684,14 +702,10 @@ static mpk_status cuda_run(mpk_kernel *k, mpk_token_fn on_tokens, void *user) {
         if (e >= 0 && e < a->num_events) a->stall_event = (uint32_t)e;
         mpk_log(k, MPK_LOG_WARN, "CUDA: MPK_TEST_STALL_EVENT=%s: event %ld will never fire", stall, e);
     }
-    const int64_t W = a->num_workers, S = a->num_schedulers > 0 ? a->num_schedulers : 1;
+    const int64_t W = a->num_workers;
 #define ZERO(ptr, bytes) \
     if (!st && s->api.memset_((void *)(ptr), 0, (size_t)(bytes))) st = dev_fail(k, 1, "reset")
-    ZERO(a->counters, 8 * MPK_DEV_COUNTER_STRIDE * (size_t)a->num_events);
-    ZERO(a->worker_queue, 8 * W * a->queue_capacity);
-    ZERO(a->worker_queue_tail, 8 * W);
-    ZERO(a->event_queue, 8 * S * a->event_queue_capacity);
-    ZERO(a->event_queue_tail, 8 * S);
+    st = reset_launch(k);
     ZERO(a->control, sizeof(mpk_dev_control));
     ZERO(a->profile_count, sizeof(unsigned int) * W);
     for (int32_t i = 0; i < k->num_tensors; i++)
@@ -709,15 +723,30 @@ static mpk_status cuda_run(mpk_kernel *k, mpk_token_fn on_tokens, void *user) {
     if (!st && s->api.h2d(a->batch, b, b->total_bytes)) st = dev_fail(k, 1, "batch upload");
     if (!st) st = meta_transfer(k, 1, MPK_META_TOKENS);
     if (!st) st = meta_transfer(k, 1, MPK_META_STEP);
-    if (!st) st = launch_and_wait(k, t0, on_tokens, user, reported);
+    // The prompt kernel first; each launch may hand the run to the other kernel (abi.cuh).
+    a->prompt_kernel = 1;
+    a->resume = 0;
+    a->iteration_base = 0;
+    mpk_dev_control c;
+    memset(&c, 0, sizeof c);
+    while (!st) {
+        st = launch_and_wait(k, t0, on_tokens, user, reported);
+        if (!st && s->api.d2h(&c, a->control, sizeof c)) st = dev_fail(k, 1, "control block");
+        if (st || !c.handover || c.error) break;
+        a->prompt_kernel = !a->prompt_kernel;
+        a->resume = 1;
+        a->iteration_base = c.iterations;
+        c.handover = 0;
+        c.stop = 0;
+        c.begun = 0;
+        st = reset_launch(k);
+        if (!st && s->api.h2d(a->control, &c, sizeof c)) st = dev_fail(k, 1, "control block");
+    }
+    if (!st && c.error)
+        st = mpk_fail(k, MPK_ERR_INTERNAL, "CUDA backend: task %d has a variant the megakernel does not know",
+                      c.error_task);
     if (!st) {
-        mpk_dev_control c;
-        memset(&c, 0, sizeof c);
-        if (s->api.d2h(&c, a->control, sizeof c)) st = dev_fail(k, 1, "control block");
-        if (!st && c.error)
-            st = mpk_fail(k, MPK_ERR_INTERNAL, "CUDA backend: task %d has a variant the megakernel does not know",
-                          c.error_task);
-        if (!st && s->api.d2h(b, a->batch, b->total_bytes)) st = dev_fail(k, 1, "batch download");
+        if (s->api.d2h(b, a->batch, b->total_bytes)) st = dev_fail(k, 1, "batch download");
         for (int m = 0; m < 4 && !st; m++) st = meta_transfer(k, 0, m);
         if (!st && k->params.profiling) st = read_profile(k, c.epoch_ns);
         if (!st) {

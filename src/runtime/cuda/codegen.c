@@ -302,14 +302,14 @@ mpk_status mpk_cuda_codegen(mpk_kernel *k, char **out) {
         }
         mpk_sbuf_printf(&b, "}\n");
     }
-    mpk_sbuf_printf(&b, "\n__device__ __noinline__ void mpk_dispatch_prompt(const mpk_task_desc &d, mpk_batch *b, int32_t nt, int32_t nd) {\n"
+    mpk_sbuf_printf(&b, "\nstatic __device__ __noinline__ void mpk_dispatch_prompt(const mpk_task_desc &d, mpk_batch *b, int32_t nt, int32_t nd) {\n"
                         "    switch (d.variant) {\n");
     for (int32_t i = 0; i < k->graph.num_variants; i++)
         if (mpk_task_is_product(k->graph.variants[i].type))
             mpk_sbuf_printf(&b, "    case %d: mpk_variant_prompt_%d(d, b, nt, nd); return;\n", i, i);
     mpk_sbuf_printf(&b, "    default: return;\n    }\n}\n");
     mpk_sbuf_printf(&b, "\n// ==== dispatch: variant id -> body ====\n"
-                        "__device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b, int32_t nt, int32_t nd) {\n"
+                        "static __device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b, int32_t nt, int32_t nd) {\n"
                         "    switch (d.variant) {\n");
     for (int32_t i = 0; i < k->graph.num_variants; i++)
         mpk_sbuf_printf(&b, "    case %d: mpk_variant_%d(d, b, nt, nd); return true;  // %s\n", i, i,
@@ -318,7 +318,7 @@ mpk_status mpk_cuda_codegen(mpk_kernel *k, char **out) {
     // The preload (runtime.cuh): attention of one kv head per task (p9 == 1) copies the earlier
     // positions' keys and values; every other task only says it preloaded nothing.
     mpk_sbuf_printf(&b, "\n// ==== preload: what a task starts before its event fires ====\n"
-                        "__device__ void mpk_preload_task(const mpk_task_desc &d, const mpk_batch *b, int32_t nt) {\n"
+                        "static __device__ void mpk_preload_task(const mpk_task_desc &d, const mpk_batch *b, int32_t nt) {\n"
                         "    switch (d.variant) {\n");
     for (int32_t i = 0; i < k->graph.num_variants; i++) {
         const mpk_variant *v = &k->graph.variants[i];

@@ -133,7 +133,7 @@ mpk_status mpk_cuda_build(mpk_kernel *k, const char *source, const char *arch, c
         return mpk_fail(k, MPK_ERR_INVALID_ARG, "CUDA backend: MPK_NVCC_FLAGS is longer than 512 "
                         "characters or contains a quote");
     char flags[1024];
-    snprintf(flags, sizeof flags, "-O3 -std=c++17 -shared -Xcompiler -fPIC -gencode=arch=compute_%s,code=sm_%s %s",
+    snprintf(flags, sizeof flags, "-O3 -std=c++17 -Xcompiler -fPIC -gencode=arch=compute_%s,code=sm_%s %s",
              arch + 3, arch + 3, extra);
 
     char *out = malloc(65536);
@@ -186,7 +186,14 @@ mpk_status mpk_cuda_build(mpk_kernel *k, const char *source, const char *arch, c
         return mpk_fail(k, MPK_ERR_IO, "CUDA backend: cannot write %s: %s", cu_tmp, strerror(errno));
     }
     double t0 = now_s();
-    int len = snprintf(cmd, sizeof cmd, "'%s' %s -o '%s' '%s' 2>&1", nvcc, flags, tmp_so, cu_tmp);
+    // Two translation units of the one source, compiled at once (runtime.cuh: part 1 the decode
+    // kernel and the host ABI, part 2 the prompt kernel), then linked into the .so.
+    int len = snprintf(cmd, sizeof cmd,
+                       "O='%s'; '%s' %s -DMPK_KERNEL_PART=2 -c -o \"$O.2.o\" '%s' > \"$O.2.log\" 2>&1 & p=$!; "
+                       "'%s' %s -DMPK_KERNEL_PART=1 -c -o \"$O.1.o\" '%s' 2>&1; r1=$?; wait $p; r2=$?; "
+                       "cat \"$O.2.log\"; r=1; [ $r1 -eq 0 ] && [ $r2 -eq 0 ] && '%s' -shared -o \"$O\" "
+                       "\"$O.1.o\" \"$O.2.o\" 2>&1 && r=0; rm -f \"$O.1.o\" \"$O.2.o\" \"$O.2.log\"; exit $r",
+                       tmp_so, nvcc, flags, cu_tmp, nvcc, flags, cu_tmp, nvcc);
     if (len < 0 || (size_t)len >= sizeof cmd) {
         unlink(cu_tmp);
         free(out);

@@ -20,15 +20,15 @@
 #include "../batch.h"
 #include "abi.cuh"
 
-__device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b, int32_t num_tokens,
+static __device__ bool mpk_dispatch_task(const mpk_task_desc &d, mpk_batch *b, int32_t num_tokens,
                                   int32_t decode_rows);
 // Also generated: the prompt rows of task d when it is a matrix product (the rows from
 // decode_rows on, on the tensor cores); the task's body then does its decode rows.
-__device__ void mpk_dispatch_prompt(const mpk_task_desc &d, mpk_batch *b, int32_t num_tokens,
+static __device__ void mpk_dispatch_prompt(const mpk_task_desc &d, mpk_batch *b, int32_t num_tokens,
                                     int32_t decode_rows);
 // Also generated: what task d may start before its event fires, all threads, nt rows this
 // iteration (attention: the earlier positions' keys and values into shared memory).
-__device__ void mpk_preload_task(const mpk_task_desc &d, const mpk_batch *b, int32_t nt);
+static __device__ void mpk_preload_task(const mpk_task_desc &d, const mpk_batch *b, int32_t nt);
 
 // ---- memory ordering primitives -----------------------------------------------------------------
 // Release on every increment and publication, acquire on every poll, gpu scope: a task's outputs
@@ -82,7 +82,7 @@ __device__ __forceinline__ bool mpk_aborted(const mpk_dev_args &a) { return *a.a
 #endif
 // Polls until *p >= target (acquire), with a short back-off; false when the run is aborted.
 // One thread calls it.
-__device__ bool mpk_wait_geq(const mpk_dev_args &a, const unsigned long long *p,
+static __device__ bool mpk_wait_geq(const mpk_dev_args &a, const unsigned long long *p,
                              unsigned long long target) {
     if (mpk_ld_acquire(p) >= target) return true;
     // Back off between polls: 132 blocks polling one counter back to back slow down the very
@@ -98,7 +98,7 @@ __device__ bool mpk_wait_geq(const mpk_dev_args &a, const unsigned long long *p,
 }
 
 // Stops every block: the host sees a device error after the launch.
-__device__ void mpk_device_error(const mpk_dev_args &a, int32_t task) {
+static __device__ void mpk_device_error(const mpk_dev_args &a, int32_t task) {
     a.control->error = 1;
     a.control->error_task = task;
     __threadfence_system();
@@ -118,7 +118,7 @@ __device__ __forceinline__ unsigned long long mpk_ld_volatile(const unsigned lon
     return *(const volatile unsigned long long *)p;
 }
 
-__device__ bool mpk_ring_push(const mpk_dev_args &a, unsigned long long *slots,
+static __device__ bool mpk_ring_push(const mpk_dev_args &a, unsigned long long *slots,
                               unsigned long long *tail, int32_t capacity, unsigned long long v) {
     const unsigned long long pos = atomicAdd(tail, 1ull);
     unsigned long long *slot = &slots[pos & (unsigned long long)(capacity - 1)];
@@ -132,7 +132,7 @@ __device__ bool mpk_ring_push(const mpk_dev_args &a, unsigned long long *slots,
 }
 
 // Takes the next entry if there is one (0 when empty).
-__device__ unsigned long long mpk_ring_try_pop(unsigned long long *slots, int32_t capacity,
+static __device__ unsigned long long mpk_ring_try_pop(unsigned long long *slots, int32_t capacity,
                                                unsigned long long *head) {
     unsigned long long *slot = &slots[*head & (unsigned long long)(capacity - 1)];
     const unsigned long long v = mpk_ld_volatile(slot);
@@ -148,22 +148,28 @@ __device__ unsigned long long mpk_ring_try_pop(unsigned long long *slots, int32_
 
 // ---- iteration control --------------------------------------------------------------------------
 
-// The END of the iteration `iter` (run-local, 0 before the first) has fired, or iter == 0: one
-// thread runs prepare_next_batch and begins iteration iter + 1 (event 0 triggered, `begun`
-// published) or ends the run (stop). Returns false when the run must end.
-__device__ bool mpk_iteration_step(const mpk_dev_args &a, uint32_t iter) {
+// The END of the iteration `iter` (launch-local, 0 before the first) has fired, or iter == 0:
+// one thread runs prepare_next_batch and begins iteration iter + 1 (event 0 triggered, `begun`
+// published) or ends the launch (stop): when the run is over, or when the prepared iteration
+// belongs to the other kernel (prompt rows or none: control.handover; the host launches that
+// kernel, which begins this prepared iteration without preparing again). Returns false when
+// the launch must end.
+static __device__ bool mpk_iteration_step(const mpk_dev_args &a, uint32_t iter) {
     mpk_dev_control *c = a.control;
     mpk_batch *b = a.batch;
-    if (iter == 0) c->epoch_ns = mpk_globaltimer();
+    const bool resumed = iter == 0 && a.resume;
+    if (iter == 0 && !a.resume) c->epoch_ns = mpk_globaltimer();
     if (iter > 0) {
         const int64_t dt = mpk_globaltimer() - c->iter_begin_ns;
         if (b->iter_prompt_tokens > 0) c->prefill_ns += dt; else c->decode_ns += dt;
     }
-    const int32_t st = mpk_batch_prepare(b, a.tokens, a.step, a.output_ids, a.input_ids);
+    const int32_t st = resumed ? MPK_BATCH_RUNNING : mpk_batch_prepare(b, a.tokens, a.step, a.output_ids, a.input_ids);
+    const bool other = st == MPK_BATCH_RUNNING && (b->decode_rows < b->num_tokens) != (a.prompt_kernel != 0);
     c->status = st;
-    if (st == MPK_BATCH_RUNNING) c->iterations++;
+    if (st == MPK_BATCH_RUNNING && !other) c->iterations++;
     c->iter_begin_ns = mpk_globaltimer();
-    if (st != MPK_BATCH_RUNNING) c->stop = 1;
+    if (other) c->handover = 1;
+    if (st != MPK_BATCH_RUNNING || other) c->stop = 1;
     __threadfence();
     mpk_st_release(&c->begun, iter + 1);
     // The begin events fire for iteration iter + 1 also when stopping, so static workers wake
@@ -171,7 +177,7 @@ __device__ bool mpk_iteration_step(const mpk_dev_args &a, uint32_t iter) {
     for (int32_t e = 0; e < a.num_begin_events; e++)
         if ((uint32_t)e != a.stall_event)  // (the stall test hook may name a begin event too)
             mpk_atom_add_release(mpk_counter(a, e), a.events[e].num_triggers);
-    return st == MPK_BATCH_RUNNING;
+    return st == MPK_BATCH_RUNNING && !other;
 }
 
 #ifndef MPK_PREFETCH_BYTES
@@ -232,6 +238,10 @@ __device__ __forceinline__ void mpk_prefetch_weights(const mpk_task_desc &d) {
 #endif
 // `next` (or -1) is the task this worker runs after t: its weights are requested now, one task
 // ahead, so they arrive while t runs and t's successors wait; `first` also requests t's own.
+// PromptRows: the prompt kernel's copy, which runs the products' prompt rows on the tensor
+// cores; the decode kernel's has no call to that code (its registers cost decode 1-3% even
+// when never called: bench/NOTES.md v13).
+template <bool PromptRows>
 __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32_t w,
                              int32_t t, uint32_t iter, int32_t next = -1, bool first = true,
                              int32_t num_tokens = -1, int32_t decode_rows = 0) {
@@ -271,7 +281,8 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
     }
     mpk_sync();
     if (!sh->flag) return false;
-    if (sh->decode_rows < sh->num_tokens) mpk_dispatch_prompt(d, a.batch, sh->num_tokens, sh->decode_rows);
+    if (PromptRows && sh->decode_rows < sh->num_tokens)
+        mpk_dispatch_prompt(d, a.batch, sh->num_tokens, sh->decode_rows);
     if (!mpk_dispatch_task(d, a.batch, sh->num_tokens, sh->decode_rows) && threadIdx.x == 0)
         mpk_device_error(a, t);
     // Read what the triggers need before the barrier: past it, warp 1 may already be copying
@@ -316,7 +327,7 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
                 p->worker = (uint16_t)w;
                 p->task = t;
                 p->layer = (int32_t)task_layer;
-                p->iteration = (int32_t)iter;
+                p->iteration = (int32_t)iter + a.iteration_base;
                 const int64_t t_start = sh->t_start;  // (shared: no register held across the body)
                 p->start_ns = t_start;
                 p->end_ns = mpk_globaltimer();
@@ -337,7 +348,7 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
 }
 
 // A task runs at the begin of its iteration unless a just-in-time event releases it.
-__device__ bool mpk_dispatch_at_begin(const mpk_dev_args &a, const mpk_task_desc &d) {
+static __device__ bool mpk_dispatch_at_begin(const mpk_dev_args &a, const mpk_task_desc &d) {
     const uint32_t e = d.wait_event;
     return e == MPK_EVENT_NONE || (int32_t)e < a.num_begin_events ||
            !(a.events[e].flags & MPK_EVENT_FLAG_JIT);
@@ -348,6 +359,7 @@ __device__ bool mpk_dispatch_at_begin(const mpk_dev_args &a, const mpk_task_desc
 // Static mode: worker w runs its compile-time list every iteration. All workers wait for event 0
 // of the iteration and read the status published with it; worker 0's thread 0 also waits for
 // the END event and runs prepare_next_batch.
+template <bool PromptRows>
 __device__ void mpk_worker_static(const mpk_dev_args &a, mpk_worker_shared *sh, int32_t w) {
     if (w == 0 && threadIdx.x == 0) mpk_iteration_step(a, 0);  // begins iteration 1 (or stops)
     const unsigned long long n0 = a.events[0].num_triggers;
@@ -369,7 +381,7 @@ __device__ void mpk_worker_static(const mpk_dev_args &a, mpk_worker_shared *sh, 
             // attention split between a worker's qkv and o_proj tiles, measured slower; so did
             // letting an idle split skip its wait: bench/NOTES.md v12.)
             const int32_t next = i + 1 < i1 ? a.worker_tasks[i + 1] : a.worker_tasks[i0];
-            if (!mpk_run_task(a, sh, w, a.worker_tasks[i], iter, next, iter == 1 && i == i0, nt, nd))
+            if (!mpk_run_task<PromptRows>(a, sh, w, a.worker_tasks[i], iter, next, iter == 1 && i == i0, nt, nd))
                 return;
         }
         if (w == 0 && threadIdx.x == 0) {
@@ -380,6 +392,7 @@ __device__ void mpk_worker_static(const mpk_dev_args &a, mpk_worker_shared *sh, 
 }
 
 // Scheduled mode: worker w runs what the schedulers push to its queue, in order.
+template <bool PromptRows>
 __device__ void mpk_worker_dynamic(const mpk_dev_args &a, mpk_worker_shared *sh, int32_t w) {
     unsigned long long *slots = a.worker_queue + (int64_t)w * a.queue_capacity;
     unsigned long long head = 0;  // thread 0's
@@ -403,10 +416,10 @@ __device__ void mpk_worker_dynamic(const mpk_dev_args &a, mpk_worker_shared *sh,
             // Ahead-of-time dispatch: task t goes to worker t % W, in graph order (topological,
             // so running them in order cannot deadlock).
             for (int32_t t = w; t < a.num_tasks; t += a.num_workers)
-                if (mpk_dispatch_at_begin(a, a.tasks[t]) && !mpk_run_task(a, sh, w, t, iter)) return;
+                if (mpk_dispatch_at_begin(a, a.tasks[t]) && !mpk_run_task<PromptRows>(a, sh, w, t, iter)) return;
             continue;
         }
-        if (!mpk_run_task(a, sh, w, (int32_t)(v & 0xffffffffull) - 1, iter)) return;
+        if (!mpk_run_task<PromptRows>(a, sh, w, (int32_t)(v & 0xffffffffull) - 1, iter)) return;
     }
 }
 
@@ -419,14 +432,14 @@ __device__ void mpk_worker_dynamic(const mpk_dev_args &a, mpk_worker_shared *sh,
 // runs prepare_next_batch; when the run ends it pushes the terminate entry to every worker.
 
 
-__device__ bool mpk_push_task(const mpk_dev_args &a, int32_t t, uint32_t iter) {
+static __device__ bool mpk_push_task(const mpk_dev_args &a, int32_t t, uint32_t iter) {
     const int32_t w = t % a.num_workers;
     return mpk_ring_push(a, a.worker_queue + (int64_t)w * a.queue_capacity,
                          &a.worker_queue_tail[w], a.queue_capacity,
                          ((unsigned long long)iter << 32) | (unsigned long long)(t + 1));
 }
 
-__device__ void mpk_scheduler(const mpk_dev_args &a, int32_t s) {
+static __device__ void mpk_scheduler(const mpk_dev_args &a, int32_t s) {
     const int32_t S = a.num_schedulers, W = a.num_workers;
     unsigned long long *equeue = a.event_queue + (int64_t)s * a.event_queue_capacity;
     unsigned long long ehead = 0;
@@ -481,6 +494,17 @@ __device__ void mpk_scheduler(const mpk_dev_args &a, int32_t s) {
 // Blocks [0, num_workers) are workers; the rest hold MPK_DEV_SCHEDULERS_PER_BLOCK scheduler
 // warps each (static mode launches none). With a weight-stream ring every block has one warp
 // more than its task threads: a static worker's producer (stream.cuh).
+//
+// Two kernels of the one graph: mpk_megakernel<true> (the prompt kernel) runs the iterations
+// that have prompt rows, mpk_megakernel<false> (the decode kernel) the others; each hands the
+// run to the other at an iteration boundary (mpk_iteration_step). The generated .cu is compiled
+// as two translation units at once (MPK_KERNEL_PART 1: the decode kernel and the host ABI; 2:
+// the prompt kernel), so that building both costs no more wall time than one; part 0 (one
+// translation unit with both) serves tools that compile the .cu by hand.
+#ifndef MPK_KERNEL_PART
+#define MPK_KERNEL_PART 0
+#endif
+template <bool PromptRows>
 __global__ void __launch_bounds__(MPK_BLOCK_THREADS, 1) mpk_megakernel(const __grid_constant__ mpk_dev_args a) {
     const bool prof = a.profiling != 0;
     __shared__ mpk_worker_shared sh;
@@ -489,7 +513,7 @@ __global__ void __launch_bounds__(MPK_BLOCK_THREADS, 1) mpk_megakernel(const __g
                          a.stream_plan_begin[blk + 1] > a.stream_plan_begin[blk];
     if (threadIdx.x == 0) {
         mpk_stream_init(mpk_stream_state(), &sh.desc, streams);
-        sh.profiled = 0;
+        sh.profiled = a.resume ? a.profile_count[blk < a.num_workers ? blk : 0] : 0;  // (a run's records go on)
         mpk_smem()->marking = prof;
         mpk_smem()->inputs_mark = 0;
         mpk_smem()->pre_k = 0;
@@ -503,9 +527,9 @@ __global__ void __launch_bounds__(MPK_BLOCK_THREADS, 1) mpk_megakernel(const __g
     }
     if (blk < a.num_workers) {
         if (a.num_schedulers == 0)
-            mpk_worker_static(a, &sh, blk);
+            mpk_worker_static<PromptRows>(a, &sh, blk);
         else
-            mpk_worker_dynamic(a, &sh, blk);
+            mpk_worker_dynamic<PromptRows>(a, &sh, blk);
         // The producer stops, and waits for its copies in flight before its warp leaves.
         if (threadIdx.x == 0) *(volatile int32_t *)&mpk_stream_state()->stop = 1;
         if (threadIdx.x == 0 && a.worker_status[blk].state != MPK_DEV_W_WAITING)
@@ -517,6 +541,16 @@ __global__ void __launch_bounds__(MPK_BLOCK_THREADS, 1) mpk_megakernel(const __g
     if (warp < MPK_DEV_SCHEDULERS_PER_BLOCK && s < a.num_schedulers && threadIdx.x % 32 == 0)
         mpk_scheduler(a, s);
 }
+
+#if MPK_KERNEL_PART == 2
+// The prompt kernel's address, for part 1's launch (one CUDA runtime in the .so knows both).
+extern "C" const void *mpk_dev_prompt_kernel(void) { return (const void *)mpk_megakernel<true>; }
+#else
+#if MPK_KERNEL_PART == 1
+extern "C" const void *mpk_dev_prompt_kernel(void);
+#else
+static const void *mpk_dev_prompt_kernel(void) { return (const void *)mpk_megakernel<true>; }
+#endif
 
 // ---- the streaming-read reference (for bandwidth percentages in benchmarks) ----------------------
 
@@ -624,9 +658,10 @@ int mpk_dev_host_free(void *host) {
 }
 
 // Checks that every block can be resident at once and launches cooperatively (which the driver
-// refuses, rather than hangs, when they cannot). *blocks gets the grid size.
+// refuses, rather than hangs, when they cannot): the prompt kernel when args->prompt_kernel,
+// else the decode kernel. *blocks gets the grid size.
 int mpk_dev_launch(const mpk_dev_args *args, int *blocks) {
-    const void *fn = (const void *)mpk_megakernel;
+    const void *fn = args->prompt_kernel ? mpk_dev_prompt_kernel() : (const void *)mpk_megakernel<false>;
     const int sched_blocks = (args->num_schedulers + MPK_DEV_SCHEDULERS_PER_BLOCK - 1) / MPK_DEV_SCHEDULERS_PER_BLOCK;
     const int grid = args->num_workers + sched_blocks;
     *blocks = grid;
@@ -702,4 +737,5 @@ int mpk_dev_sync(void) {
 
 }  // extern "C"
 
+#endif  // MPK_KERNEL_PART != 2
 #endif  // MPK_RUNTIME_CUDA_RUNTIME_CUH
