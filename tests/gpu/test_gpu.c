@@ -109,6 +109,7 @@ typedef struct gcase {
     int32_t vocab_for_prompts;
     mpk_status (*build)(mpk_kernel *k, struct gcase *c, mpk_tensor **in);
     int32_t cfg[10];           // builder parameters
+    int32_t want_iterations[2];  // when set: the run's iterations and prefill iterations
 } gcase;
 
 static host_buf *add_input(gcase *c, const char *name, int ndim, const int64_t *dims, mpk_dtype dt, float scale) {
@@ -143,6 +144,7 @@ typedef struct run_out {
     int32_t tokens[4][128];
     int32_t ntok[4];
     double seconds;
+    int32_t iterations, prefill_iterations;  // of the run (mpk_run_get_stats)
 } run_out;
 
 static void free_out(run_out *o) {
@@ -193,6 +195,10 @@ static mpk_status run_once(mpk_kernel *k, const gcase *c, run_out *o) {
     if ((st = mpk_run(k, NULL, NULL))) return st;
     clock_gettime(CLOCK_MONOTONIC, &t1);
     o->seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    mpk_run_stats rs;
+    mpk_run_get_stats(k, &rs);
+    o->iterations = rs.iterations;
+    o->prefill_iterations = rs.prefill_iterations;
     for (int i = 0; i < c->nout; i++) {
         mpk_tensor *t;
         mpk_tensor_find(k, c->outputs[i], &t);
@@ -584,15 +590,20 @@ static void small_model_case(gcase *c, const char *name, int fused) {
     case_model(c, MODEL_SHAPE, fused);
 }
 
-// Requests admitted one at a time (max_requests 1): each prompt comes after the previous
-// request's decode steps, so the run goes prompt kernel, decode kernel, prompt kernel, ...
-// (runtime.cuh: each launch hands the prepared iteration to the other). Tokens, outputs and the
+// Prompt and decode kernels taking turns (runtime.cuh: a launch hands the prepared iteration to
+// the other kernel). With 6 KV pages of 4 positions, request 0 (6 prompt tokens, 2 new) takes 2
+// pages and request 1 (20 prompt tokens, 3 new) the other 4 in iteration 1 (16 of its prompt
+// rows); iteration 2 is request 0's decode row alone (request 1 waits for a page: the decode
+// kernel), after which request 0 finishes and frees its pages; iteration 3 is the rest of
+// request 1's prompt (the prompt kernel again), then its decode rows. Tokens, outputs and the
 // profile (one record per task and iteration, numbered across the launches) as in one launch.
-static void one_at_a_time_case(gcase *c) {
-    small_model_case(c, "model, one request at a time", 0);
-    c->params.max_requests = 1;
-    c->nprompts = 3;
-    c->prompts[2] = (prompt_spec){4, 5, 0, 0, 1};
+static void turns_case(gcase *c) {
+    small_model_case(c, "model, kernels taking turns", 0);
+    c->params.num_pages = 6;
+    c->prompts[0] = (prompt_spec){6, 2, 0, 0, 1};
+    c->prompts[1] = (prompt_spec){20, 3, 0, 0, 1};
+    c->want_iterations[0] = 5;  // prefill, decode, prefill, decode, decode
+    c->want_iterations[1] = 2;
 }
 
 // The attention split over positions (task.h): one request of a 230-token prompt generating 10,
@@ -627,8 +638,14 @@ static void run_case(gcase *c, const char *label, int workers, int schedulers, i
         record(name, 0, "CPU: %s", cpu ? mpk_last_error(cpu) : mpk_status_string(st));
         goto done;
     }
+    if (c->want_iterations[0] && (oc.iterations != c->want_iterations[0] ||
+                                  oc.prefill_iterations != c->want_iterations[1])) {
+        record(name, 0, "CPU: %d iterations (%d prefill), the case wants %d (%d)", oc.iterations,
+               oc.prefill_iterations, c->want_iterations[0], c->want_iterations[1]);
+        goto done;
+    }
     if (getenv("TEST_GPU_CPU_ONLY")) {  // a dry run of the cases where there is no GPU
-        record(name, 1, "CPU only (TEST_GPU_CPU_ONLY), %d tokens", oc.ntok[0]);
+        record(name, 1, "CPU only (TEST_GPU_CPU_ONLY), %d tokens, %d iterations", oc.ntok[0], oc.iterations);
         goto done;
     }
     c->params.num_workers = workers;
@@ -661,7 +678,8 @@ static void run_case(gcase *c, const char *label, int workers, int schedulers, i
         record(name, 0, "GPU: %s", gpu ? mpk_last_error(gpu) : mpk_status_string(st));
         goto done;
     }
-    int tok_diff = 0, tok_nondet = 0;
+    int tok_diff = o1.iterations != oc.iterations || o1.prefill_iterations != oc.prefill_iterations;
+    int tok_nondet = 0;
     for (int p = 0; p < c->nprompts; p++) {
         if (oc.ntok[p] != o1.ntok[p] || memcmp(oc.tokens[p], o1.tokens[p], sizeof(int32_t) * (size_t)oc.ntok[p])) tok_diff++;
         if (o1.ntok[p] != o2.ntok[p] || memcmp(o1.tokens[p], o2.tokens[p], sizeof(int32_t) * (size_t)o1.ntok[p])) tok_nondet++;
@@ -868,7 +886,7 @@ int main(int argc, char **argv) {
         split_model_case(&c, "model, split attention G=2 D=32 S=2", 136, 4, 2, 32, 2);
         prebuild(&c);
         memset(&c, 0, sizeof c);
-        one_at_a_time_case(&c);
+        turns_case(&c);
         prebuild(&c);
         goto table;
     }
@@ -916,7 +934,7 @@ int main(int argc, char **argv) {
     }
     {  // prompt and decode kernels taking turns, static and scheduled, with the profile on
         gcase c = {0};
-        one_at_a_time_case(&c);
+        turns_case(&c);
         c.params.profiling = 1;
         c.params.profile_capacity = 4096;
         run_case(&c, " static", 0, 0, 0);
