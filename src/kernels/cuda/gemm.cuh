@@ -31,16 +31,15 @@
 
 #define MPK_MMA_MAX_M 64    // rows per tile: 16 fp32 sums per lane per column tile
 // Column tiles per warp per pass over K, and steps of 32 elements of K whose weight loads are in
-// flight: 1 and 2 keep the code's registers few, which the megakernel's decode path feels (the
-// call into this code costs decode less: Qwen3-1.7B 1.870 against 1.899 ms/token with 2 and 4,
-// base 1.868); prefill is faster on the small models and 3.5% slower on Qwen3-8B (pp512 0.6B
-// 0.092 against 0.096, 1.7B 0.160 against 0.171, 8B 0.482 against 0.465 ms/token; bench/NOTES.md
-// v13). 8 steps spilled in the Qwen3-8B kernel.
+// flight. Only the prompt kernel has this code (runtime.cuh), so its registers no longer cost
+// decode. pp512 ms/token on the H100 (bench/NOTES.md v14), 1 tile x 4 steps against 1 x 2 and
+// 2 x 4: Qwen3-0.6B 0.092 / 0.095 / 0.095, 1.7B 0.161 / 0.166 / 0.171, 8B 0.479 / 0.509 / 0.464.
+// 8 steps spilled in the Qwen3-8B kernel (v13).
 #ifndef MPK_MMA_TILES
 #define MPK_MMA_TILES 1
 #endif
 #ifndef MPK_MMA_UNROLL
-#define MPK_MMA_UNROLL 2
+#define MPK_MMA_UNROLL 4
 #endif
 // 0 builds the GEMV only (prompt rows too): to compare decode speed with and without this path.
 #ifndef MPK_MMA
