@@ -187,11 +187,13 @@ mpk_status mpk_cuda_build(mpk_kernel *k, const char *source, const char *arch, c
     }
     double t0 = now_s();
     // Two translation units of the one source, compiled at once (runtime.cuh: part 1 the decode
-    // kernel and the host ABI, part 2 the prompt kernel), then linked into the .so.
+    // kernel and the host ABI, part 2 the prompt kernel), then linked into the .so. Part 2's
+    // output is shown only when it failed: its warnings (the host ABI's helpers it leaves
+    // unused) would push the error that matters out of the first lines of the message.
     int len = snprintf(cmd, sizeof cmd,
                        "O='%s'; '%s' %s -DMPK_KERNEL_PART=2 -c -o \"$O.2.o\" '%s' > \"$O.2.log\" 2>&1 & p=$!; "
                        "'%s' %s -DMPK_KERNEL_PART=1 -c -o \"$O.1.o\" '%s' 2>&1; r1=$?; wait $p; r2=$?; "
-                       "cat \"$O.2.log\"; r=1; [ $r1 -eq 0 ] && [ $r2 -eq 0 ] && '%s' -shared -o \"$O\" "
+                       "[ $r2 -eq 0 ] || cat \"$O.2.log\"; r=1; [ $r1 -eq 0 ] && [ $r2 -eq 0 ] && '%s' -shared -o \"$O\" "
                        "\"$O.1.o\" \"$O.2.o\" 2>&1 && r=0; rm -f \"$O.1.o\" \"$O.2.o\" \"$O.2.log\"; exit $r",
                        tmp_so, nvcc, flags, cu_tmp, nvcc, flags, cu_tmp, nvcc);
     if (len < 0 || (size_t)len >= sizeof cmd) {
