@@ -367,6 +367,8 @@ typedef struct mpk_run_stats {
     double prefill_seconds;      // time of iterations that processed prompt tokens
     double decode_seconds;       // time of iterations that only decoded
     int64_t decode_tokens;       // tokens sampled by iterations that only decoded
+    int32_t handovers;           // CUDA: times the run passed between the prompt and decode kernels
+    double handover_seconds;     // CUDA: device time those hand-overs took (in neither time above)
 } mpk_run_stats;
 
 mpk_status mpk_run_get_stats(const mpk_kernel *kernel, mpk_run_stats *out);

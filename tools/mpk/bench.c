@@ -30,9 +30,17 @@ typedef struct result {
     double ms_per_token, tps, tps_sd, gbps, pct_bw;
     char device[128];
     double read_bw;
+    double handover_us;  // mean device time of one hand-over between the kernels (0: none)
 } result;
 
-static int run_once(cli_engine *e, int32_t prompt_len, int32_t n_new, double *seconds, int decode) {
+// Hand-overs between the prompt and decode kernels in a test's runs, and their device time.
+typedef struct handover_sum {
+    int64_t count;
+    double seconds;
+} handover_sum;
+
+static int run_once(cli_engine *e, int32_t prompt_len, int32_t n_new, double *seconds, int decode,
+                    handover_sum *hs) {
     mpk_request_clear(e->kernel);
     int32_t *prompt = malloc((size_t)prompt_len * sizeof *prompt);
     const mpk_model_config *cfg = mpk_model_get_config(e->model);
@@ -48,6 +56,8 @@ static int run_once(cli_engine *e, int32_t prompt_len, int32_t n_new, double *se
     mpk_run_stats rs;
     mpk_run_get_stats(e->kernel, &rs);
     int32_t steps = rs.iterations - rs.prefill_iterations;
+    hs->count += rs.handovers;
+    hs->seconds += rs.handover_seconds;
     *seconds = decode ? (steps > 0 ? rs.decode_seconds / steps : 0) : rs.prefill_seconds;
     return 0;
 }
@@ -90,10 +100,12 @@ static int bench_test(cli_engine *e, cli_opts *o, int decode, int32_t n, int32_t
                       const char *device, double bw, result *R) {
     const int32_t lead = depth > 1 ? depth : 1;  // the decode runs' prompt
     double bytes = (double)mpk_model_weight_bytes_per_token(e->model), s;
-    if (run_once(e, decode ? lead : n, decode ? n : 1, &s, decode)) return 1;  // warm-up
+    handover_sum hs = {0, 0};
+    if (run_once(e, decode ? lead : n, decode ? n : 1, &s, decode, &hs)) return 1;  // warm-up
     double sum = 0, sum2 = 0;
+    hs = (handover_sum){0, 0};
     for (int r = 0; r < reps; r++) {
-        if (run_once(e, decode ? lead : n, decode ? n : 1, &s, decode)) return 1;
+        if (run_once(e, decode ? lead : n, decode ? n : 1, &s, decode, &hs)) return 1;
         double tps = decode ? 1.0 / s : n / s;
         sum += tps;
         sum2 += tps * tps;
@@ -113,6 +125,7 @@ static int bench_test(cli_engine *e, cli_opts *o, int decode, int32_t n, int32_t
     R->pct_bw = decode && bw > 0 ? 100.0 * bytes * R->tps / bw : 0;
     snprintf(R->device, sizeof R->device, "%s", device);
     R->read_bw = bw;
+    R->handover_us = hs.count > 0 ? 1e6 * hs.seconds / (double)hs.count : 0;
     return 0;
 }
 
@@ -225,12 +238,17 @@ int cmd_bench(int argc, char **argv) {
         }
         if (nres) printf("\ndevice: %s; streaming read %.1f GB/s (measured in this run); mpk %s\n", res[0].device,
                          res[0].read_bw / 1e9, mpk_version());
+        for (int i = 0; i < nres; i++)
+            if (res[i].handover_us > 0)
+                printf("%s %s: %.1f us per hand-over between the prompt and decode kernels\n", res[i].model,
+                       res[i].test, res[i].handover_us);
     } else if (!strcmp(fmt, "csv")) {
-        printf("model,size_gb,backend,test,ms_per_token,tokens_per_s,tokens_per_s_sd,gb_per_s,pct_read_bw,device,read_bw_gb_per_s,version\n");
+        printf("model,size_gb,backend,test,ms_per_token,tokens_per_s,tokens_per_s_sd,gb_per_s,pct_read_bw,device,read_bw_gb_per_s,version,handover_us\n");
         for (int i = 0; i < nres; i++) {
             result *R = &res[i];
-            printf("%s,%.4f,%s,%s,%.4f,%.3f,%.3f,%.2f,%.2f,\"%s\",%.2f,%s\n", R->model, R->size_gb, R->backend, R->test,
-                   R->ms_per_token, R->tps, R->tps_sd, R->gbps, R->pct_bw, R->device, R->read_bw / 1e9, mpk_version());
+            printf("%s,%.4f,%s,%s,%.4f,%.3f,%.3f,%.2f,%.2f,\"%s\",%.2f,%s,%.2f\n", R->model, R->size_gb, R->backend, R->test,
+                   R->ms_per_token, R->tps, R->tps_sd, R->gbps, R->pct_bw, R->device, R->read_bw / 1e9, mpk_version(),
+                   R->handover_us);
         }
     } else {
         printf("[\n");
@@ -239,11 +257,11 @@ int cmd_bench(int argc, char **argv) {
             result *R = &res[i];
             printf("  {\"model\": \"%s\", \"size_gb\": %.4f, \"backend\": \"%s\", \"test\": \"%s\", \"ms_per_token\": %.4f, "
                    "\"tokens_per_s\": %.3f, \"tokens_per_s_sd\": %.3f, \"gb_per_s\": %.2f, \"pct_read_bw\": %.2f, "
-                   "\"device\": \"%s\", \"read_bw_gb_per_s\": %.2f, \"version\": \"%s\"}%s\n",
+                   "\"device\": \"%s\", \"read_bw_gb_per_s\": %.2f, \"version\": \"%s\", \"handover_us\": %.2f}%s\n",
                    json_escape(R->model, esc_model, sizeof esc_model), R->size_gb, R->backend, R->test,
                    R->ms_per_token, R->tps, R->tps_sd, R->gbps, R->pct_bw,
                    json_escape(R->device, esc_device, sizeof esc_device), R->read_bw / 1e9, mpk_version(),
-                   i + 1 < nres ? "," : "");
+                   R->handover_us, i + 1 < nres ? "," : "");
         }
         printf("]\n");
     }

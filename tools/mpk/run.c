@@ -209,6 +209,9 @@ static void print_summary(cli_engine *e, double load_s) {
         fprintf(stderr, "generation:  %6lld tokens in %9.2f ms (%8.3f ms/step,  %9.2f tokens/s, %d steps)\n",
                 (long long)decode_tokens, 1e3 * rs.decode_seconds, 1e3 * rs.decode_seconds / decode_iters,
                 (double)decode_tokens / (rs.decode_seconds + 1e-12), decode_iters);
+    if (rs.handovers > 0)
+        fprintf(stderr, "hand-overs:  %6d between the prompt and decode kernels, %.3f ms in all\n", rs.handovers,
+                1e3 * rs.handover_seconds);
     fprintf(stderr, "total:       %6lld tokens generated in %.2f ms (%d iterations)\n",
             (long long)rs.generated_tokens, 1e3 * rs.seconds, rs.iterations);
 }

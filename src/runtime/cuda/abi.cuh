@@ -11,7 +11,7 @@
 #include "../batch.h"
 
 // Bumped whenever a struct below changes; the host refuses a .so built for another version.
-#define MPK_DEV_ABI_VERSION 4
+#define MPK_DEV_ABI_VERSION 5
 
 // Threads of every block of the megakernel (workers and scheduler blocks alike). The generated
 // source defines it first (codegen.c: MPK_CODEGEN_THREADS, 384); -D overrides it for
@@ -76,20 +76,30 @@ typedef struct mpk_dev_worker_status {
     int32_t state;       // MPK_DEV_W_*
 } mpk_dev_worker_status;
 
-// Written by the device, read back by the host after the launch.
+// Written by the device, read back by the host after the launch. The first part is a launch's
+// own and zeroed before each launch (stream-ordered, backend.c: reset_launch); the rest lasts
+// for the run.
 typedef struct mpk_dev_control {
+    unsigned long long begun;  // iterations this launch has begun (schedulers watch it)
+    int32_t stop;              // 1 once prepare_next_batch ended the run (or handed it over)
+    int32_t reserved;
+    // -- the run's (zeroed when it starts)
     int32_t status;            // MPK_BATCH_* of the iteration begun last
     int32_t iterations;        // iterations begun with MPK_BATCH_RUNNING
-    unsigned long long begun;  // iterations begun so far (schedulers watch it)
-    int32_t stop;              // 1 once prepare_next_batch ended the run (or handed it over)
     int32_t error;             // 1: a task had an unknown variant (bad graph)
     int32_t error_task;
-    int32_t handover;          // 1: the launch stopped before an iteration the other kernel runs
-    int64_t epoch_ns;          // %globaltimer when the launch began (profile times are relative)
-    int64_t iter_begin_ns;     // %globaltimer when the current iteration began
+    int32_t handovers;         // launches that stopped before an iteration of the other kernel;
+                               // launch j of the run runs only when handovers == j
+    int32_t handover_iterations;  // `iterations` at the last hand-over (profile numbering)
+    int64_t epoch_ns;          // %globaltimer when the run's first launch began (profile times)
+    int64_t iter_begin_ns;     // %globaltimer when the current iteration began (or was handed over)
     int64_t prefill_ns;        // time of iterations that processed prompt rows
     int64_t decode_ns;         // time of the others
+    int64_t handover_ns;       // from each hand-over until the next launch began its iteration
 } mpk_dev_control;
+
+// Bytes at the start of mpk_dev_control that each launch begins with zeroed.
+#define MPK_DEV_CONTROL_LAUNCH_BYTES 16
 
 // One task of a worker's weight stream (static mode): the tasks of the worker's list that have
 // stream chunks, in list order; the device walks them round and round, one per task it runs.
@@ -100,7 +110,7 @@ typedef struct mpk_dev_stream_entry {
 } mpk_dev_stream_entry;
 
 // Everything one launch needs; passed by value as the kernel parameter. Pointers are device
-// pointers (abort_flag: the device alias of mapped host memory).
+// pointers (abort_flag and host_handovers: device aliases of mapped host memory).
 typedef struct mpk_dev_args {
     const mpk_task_desc *tasks;        // (num_tasks), operands resolved to device addresses
     const mpk_event_desc *events;      // (num_events)
@@ -135,18 +145,19 @@ typedef struct mpk_dev_args {
     int32_t *step;                     // (max_requests)
     int32_t *input_ids;                // (max_batched_tokens)
     int32_t *output_ids;               // (max_batched_tokens)
-    volatile int32_t *abort_flag;
+    volatile int32_t *abort_flag;      // host_words[0]
+    volatile int32_t *host_handovers;  // host_words[1]: the device's copy of control.handovers
 
     const mpk_dev_stream_entry *stream_plan;  // static mode: worker w's entries are
     const int32_t *stream_plan_begin;         //   stream_plan[stream_plan_begin[w] .. [w + 1])
 
     // Two kernels of one graph (runtime.cuh): the prompt kernel runs iterations that have prompt
-    // rows, the decode kernel the others; a launch stops (control.handover) before an iteration
-    // that is the other's, and the host launches that one with resume = 1.
+    // rows, the decode kernel the others; a launch stops before an iteration that is the other's
+    // (control.handovers). The host queues the run's launches alternately, prompt kernel first,
+    // each one ahead of time; launch j > 0 leaves at once unless the run was handed to it, else
+    // begins the iteration its predecessor prepared.
     int32_t prompt_kernel;   // 1: this launch is the prompt kernel's
-    int32_t resume;          // 1: the batch is prepared: begin its iteration without preparing
-    int32_t iteration_base;  // iterations of the run's earlier launches (profile numbering)
-    int32_t reserved2;
+    int32_t launch_index;    // j: the run's launches before this one
 } mpk_dev_args;
 
 #endif  // MPK_RUNTIME_CUDA_ABI_CUH

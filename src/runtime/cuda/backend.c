@@ -123,7 +123,7 @@ typedef struct cuda_state {
     void **allocs;            // device allocations to free
     int32_t num_allocs, cap_allocs;
     void **meta_shadow;       // host copies of the meta tensors this backend allocated
-    void *abort_host;         // mapped pinned int32
+    void *abort_host;         // mapped pinned int32s: [0] the abort word, [1] the device's hand-over count
     int32_t *schedule_begin;  // the static schedule when recomputed for the device's workers
     int32_t *schedule_tasks;
     const int32_t *sched_begin;  // the static schedule in use (one of the above or the graph's)
@@ -448,6 +448,7 @@ static mpk_status alloc_runtime(mpk_kernel *k) {
     void *dev_alias;
     DEV(s->api.host_alloc(&s->abort_host, &dev_alias, 64), "the abort flag");
     a->abort_flag = dev_alias;
+    a->host_handovers = (int32_t *)dev_alias + 1;
     return MPK_OK;
 }
 
@@ -576,22 +577,71 @@ static mpk_status stream_live(mpk_kernel *k, mpk_token_fn on_tokens, void *user,
     return MPK_OK;
 }
 
-// Launches and waits, polling with sleeps until done or the deadline; with on_tokens, streams
-// the tokens generated so far every few milliseconds.
-static mpk_status launch_and_wait(mpk_kernel *k, double t0, mpk_token_fn on_tokens, void *user,
-                                  int32_t *reported) {
+// Fresh counters, empty queues and the control block's per-launch part for the next launch,
+// queued on the kernel's stream behind the launch before (the batch, the rest of the control
+// block and the profile go on from one launch of a run to the next).
+static mpk_status reset_launch(mpk_kernel *k) {
     cuda_state *s = state_of(k);
+    const mpk_dev_args *a = &s->args;
+    const int64_t W = a->num_workers, S = a->num_schedulers > 0 ? a->num_schedulers : 1;
+    const struct { void *ptr; size_t bytes; } z[] = {
+        {a->counters, 8 * MPK_DEV_COUNTER_STRIDE * (size_t)a->num_events},
+        {a->worker_queue, 8 * (size_t)(W * a->queue_capacity)},
+        {a->worker_queue_tail, 8 * (size_t)W},
+        {a->event_queue, 8 * (size_t)(S * a->event_queue_capacity)},
+        {a->event_queue_tail, 8 * (size_t)S},
+        {a->control, MPK_DEV_CONTROL_LAUNCH_BYTES},
+    };
+    for (size_t i = 0; i < sizeof z / sizeof z[0]; i++)
+        if (s->api.memset_(z[i].ptr, 0, z[i].bytes)) return dev_fail(k, 1, "reset");
+    return MPK_OK;
+}
+
+// Queues the run's launch j behind the ones before it: the prompt kernel for even j, the decode
+// kernel for odd j (runtime.cuh: launch j > 0 runs only if the run was handed to it).
+static mpk_status queue_launch(mpk_kernel *k, int32_t j) {
+    cuda_state *s = state_of(k);
+    if (j > 0) {
+        mpk_status st = reset_launch(k);
+        if (st) return st;
+    }
+    s->args.launch_index = j;
+    s->args.prompt_kernel = j % 2 == 0;
     int blocks = 0;
     DEV(s->api.launch(&s->args, &blocks), "launch");
+    return MPK_OK;
+}
+
+// Runs the launches of one run, polling with sleeps until done or the deadline; with on_tokens,
+// streams the tokens generated so far every few milliseconds. One launch more than the run has
+// reached is always queued, so that a hand-over between the kernels waits for no host round
+// trip; the device's hand-over count (mapped host memory) says when to queue the next. *c gets
+// the control block at the end.
+static mpk_status launch_and_wait(mpk_kernel *k, double t0, mpk_token_fn on_tokens, void *user,
+                                  int32_t *reported, mpk_dev_control *c) {
+    cuda_state *s = state_of(k);
+    volatile int32_t *handovers = (volatile int32_t *)s->abort_host + 1;
+    *handovers = 0;
+    int32_t queued = 0;
+    mpk_status st = MPK_OK;
+    while (!st && queued < 2) st = queue_launch(k, queued++);
+    if (st) return st;
     double timeout = k->params.timeout_s;
     long nap = 20;
     double last_stream = now_s();
     for (;;) {
+        while (*handovers + 2 > queued)
+            if ((st = queue_launch(k, queued++))) return st;
         int done = 0;
         DEV(s->api.poll(&done), "the megakernel");
-        if (done) return MPK_OK;
+        if (done) {
+            DEV(s->api.d2h(c, s->args.control, sizeof *c), "control block");
+            if (c->handovers < queued || c->error) return MPK_OK;  // (launch c->handovers ended the run)
+            *handovers = c->handovers;  // (the launch it was handed to is queued next)
+            continue;
+        }
         if (on_tokens && now_s() - last_stream > 0.004) {
-            mpk_status st = stream_live(k, on_tokens, user, reported);
+            st = stream_live(k, on_tokens, user, reported);
             if (st) return st;
             last_stream = now_s();
         }
@@ -659,24 +709,6 @@ static mpk_status meta_transfer(mpk_kernel *k, int to_device, int which) {
     return MPK_OK;
 }
 
-// Fresh counters and empty queues for a launch (the batch, the control block and the profile
-// go on from one launch of a run to the next).
-static mpk_status reset_launch(mpk_kernel *k) {
-    cuda_state *s = state_of(k);
-    const mpk_dev_args *a = &s->args;
-    const int64_t W = a->num_workers, S = a->num_schedulers > 0 ? a->num_schedulers : 1;
-    const struct { void *ptr; size_t bytes; } z[] = {
-        {a->counters, 8 * MPK_DEV_COUNTER_STRIDE * (size_t)a->num_events},
-        {a->worker_queue, 8 * (size_t)(W * a->queue_capacity)},
-        {a->worker_queue_tail, 8 * (size_t)W},
-        {a->event_queue, 8 * (size_t)(S * a->event_queue_capacity)},
-        {a->event_queue_tail, 8 * (size_t)S},
-    };
-    for (size_t i = 0; i < sizeof z / sizeof z[0]; i++)
-        if (s->api.memset_(z[i].ptr, 0, z[i].bytes)) return dev_fail(k, 1, "reset");
-    return MPK_OK;
-}
-
 static mpk_status cuda_run(mpk_kernel *k, mpk_token_fn on_tokens, void *user) {
     cuda_state *s = state_of(k);
     if (s->compile_only)
@@ -723,25 +755,9 @@ static mpk_status cuda_run(mpk_kernel *k, mpk_token_fn on_tokens, void *user) {
     if (!st && s->api.h2d(a->batch, b, b->total_bytes)) st = dev_fail(k, 1, "batch upload");
     if (!st) st = meta_transfer(k, 1, MPK_META_TOKENS);
     if (!st) st = meta_transfer(k, 1, MPK_META_STEP);
-    // The prompt kernel first; each launch may hand the run to the other kernel (abi.cuh).
-    a->prompt_kernel = 1;
-    a->resume = 0;
-    a->iteration_base = 0;
     mpk_dev_control c;
     memset(&c, 0, sizeof c);
-    while (!st) {
-        st = launch_and_wait(k, t0, on_tokens, user, reported);
-        if (!st && s->api.d2h(&c, a->control, sizeof c)) st = dev_fail(k, 1, "control block");
-        if (st || !c.handover || c.error) break;
-        a->prompt_kernel = !a->prompt_kernel;
-        a->resume = 1;
-        a->iteration_base = c.iterations;
-        c.handover = 0;
-        c.stop = 0;
-        c.begun = 0;
-        st = reset_launch(k);
-        if (!st && s->api.h2d(a->control, &c, sizeof c)) st = dev_fail(k, 1, "control block");
-    }
+    if (!st) st = launch_and_wait(k, t0, on_tokens, user, reported, &c);
     if (!st && c.error)
         st = mpk_fail(k, MPK_ERR_INTERNAL, "CUDA backend: task %d has a variant the megakernel does not know",
                       c.error_task);
@@ -762,6 +778,8 @@ static mpk_status cuda_run(mpk_kernel *k, mpk_token_fn on_tokens, void *user) {
             rs->seconds = now_s() - t0;
             rs->prefill_seconds = 1e-9 * (double)c.prefill_ns;
             rs->decode_seconds = 1e-9 * (double)c.decode_ns;
+            rs->handovers = c.handovers;
+            rs->handover_seconds = 1e-9 * (double)c.handover_ns;
             if (b->status == MPK_BATCH_NO_PAGES)
                 st = mpk_fail(k, MPK_ERR_LIMIT, "the KV cache has no free page for any waiting request "
                               "(raise num_pages; num_pages=%d, page_size=%d)", b->num_pages, b->page_size);

@@ -151,16 +151,19 @@ static __device__ unsigned long long mpk_ring_try_pop(unsigned long long *slots,
 // The END of the iteration `iter` (launch-local, 0 before the first) has fired, or iter == 0:
 // one thread runs prepare_next_batch and begins iteration iter + 1 (event 0 triggered, `begun`
 // published) or ends the launch (stop): when the run is over, or when the prepared iteration
-// belongs to the other kernel (prompt rows or none: control.handover; the host launches that
-// kernel, which begins this prepared iteration without preparing again). Returns false when
-// the launch must end.
+// belongs to the other kernel (prompt rows or none: control.handovers counts it, and the
+// mapped host copy tells the host at once; the run's next launch, already queued behind this
+// one, begins this prepared iteration without preparing again). Returns false when the launch
+// must end.
 static __device__ bool mpk_iteration_step(const mpk_dev_args &a, uint32_t iter) {
     mpk_dev_control *c = a.control;
     mpk_batch *b = a.batch;
-    const bool resumed = iter == 0 && a.resume;
-    if (iter == 0 && !a.resume) c->epoch_ns = mpk_globaltimer();
+    const bool resumed = iter == 0 && a.launch_index > 0;
+    const int64_t now = mpk_globaltimer();
+    if (iter == 0 && !resumed) c->epoch_ns = now;
+    if (resumed) c->handover_ns += now - c->iter_begin_ns;  // (set when the run was handed over)
     if (iter > 0) {
-        const int64_t dt = mpk_globaltimer() - c->iter_begin_ns;
+        const int64_t dt = now - c->iter_begin_ns;
         if (b->iter_prompt_tokens > 0) c->prefill_ns += dt; else c->decode_ns += dt;
     }
     const int32_t st = resumed ? MPK_BATCH_RUNNING : mpk_batch_prepare(b, a.tokens, a.step, a.output_ids, a.input_ids);
@@ -168,9 +171,14 @@ static __device__ bool mpk_iteration_step(const mpk_dev_args &a, uint32_t iter) 
     c->status = st;
     if (st == MPK_BATCH_RUNNING && !other) c->iterations++;
     c->iter_begin_ns = mpk_globaltimer();
-    if (other) c->handover = 1;
+    if (other) {
+        c->handover_iterations = c->iterations;
+        c->handovers = a.launch_index + 1;
+        *a.host_handovers = a.launch_index + 1;  // (the host queues the launch after the next)
+    }
     if (st != MPK_BATCH_RUNNING || other) c->stop = 1;
     __threadfence();
+    if (other) __threadfence_system();
     mpk_st_release(&c->begun, iter + 1);
     // The begin events fire for iteration iter + 1 also when stopping, so static workers wake
     // and read the status (they wait on event 0).
@@ -197,6 +205,7 @@ struct mpk_worker_shared {
     int32_t decode_rows;  // of them the decode rows, the first (mpk_batch.decode_rows; read with it)
     unsigned long long entry;
     long long t_wait, t_start;  // profiling (thread 0): the running task's wait began, it started
+    int32_t iteration_base;  // the run's iterations before this launch (profile numbering)
 };
 
 // Waits for the task's event, runs it with the whole block, triggers its events. All threads
@@ -327,7 +336,7 @@ __device__ bool mpk_run_task(const mpk_dev_args &a, mpk_worker_shared *sh, int32
                 p->worker = (uint16_t)w;
                 p->task = t;
                 p->layer = (int32_t)task_layer;
-                p->iteration = (int32_t)iter + a.iteration_base;
+                p->iteration = (int32_t)iter + sh->iteration_base;
                 const int64_t t_start = sh->t_start;  // (shared: no register held across the body)
                 p->start_ns = t_start;
                 p->end_ns = mpk_globaltimer();
@@ -506,6 +515,10 @@ static __device__ void mpk_scheduler(const mpk_dev_args &a, int32_t s) {
 #endif
 template <bool PromptRows>
 __global__ void __launch_bounds__(MPK_BLOCK_THREADS, 1) mpk_megakernel(const __grid_constant__ mpk_dev_args a) {
+    // A launch queued ahead of time that the run was not handed to (it ended, or went on in
+    // the launch before) leaves at once; the count is the finished launches', so every thread
+    // reads the same.
+    if (a.launch_index > 0 && *(volatile int32_t *)&a.control->handovers != a.launch_index) return;
     const bool prof = a.profiling != 0;
     __shared__ mpk_worker_shared sh;
     const int32_t blk = (int32_t)blockIdx.x;
@@ -513,7 +526,9 @@ __global__ void __launch_bounds__(MPK_BLOCK_THREADS, 1) mpk_megakernel(const __g
                          a.stream_plan_begin[blk + 1] > a.stream_plan_begin[blk];
     if (threadIdx.x == 0) {
         mpk_stream_init(mpk_stream_state(), &sh.desc, streams);
-        sh.profiled = a.resume ? a.profile_count[blk < a.num_workers ? blk : 0] : 0;  // (a run's records go on)
+        const bool resumed = a.launch_index > 0;  // (a run's records go on)
+        sh.profiled = resumed ? a.profile_count[blk < a.num_workers ? blk : 0] : 0;
+        sh.iteration_base = resumed ? a.control->handover_iterations : 0;
         mpk_smem()->marking = prof;
         mpk_smem()->inputs_mark = 0;
         mpk_smem()->pre_k = 0;
@@ -619,7 +634,8 @@ int mpk_dev_init(int device, mpk_dev_info *info) {
 int mpk_dev_malloc(void **ptr, size_t bytes) {
     *ptr = NULL;
     MPK_CUDA_CHECK(cudaMalloc(ptr, bytes ? bytes : 16));
-    MPK_CUDA_CHECK(cudaMemset(*ptr, 0, bytes ? bytes : 16));
+    MPK_CUDA_CHECK(cudaMemsetAsync(*ptr, 0, bytes ? bytes : 16, mpk_dev_stream));
+    MPK_CUDA_CHECK(cudaStreamSynchronize(mpk_dev_stream));
     return MPK_DEV_OK;
 }
 
@@ -628,8 +644,11 @@ int mpk_dev_free(void *ptr) {
     return MPK_DEV_OK;
 }
 
+// On the megakernel's stream and finished on return (called between runs: a plain cudaMemcpy
+// goes through the legacy stream, which the non-blocking stream's launches do not wait for).
 int mpk_dev_memcpy_h2d(void *dst, const void *src, size_t bytes) {
-    MPK_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+    MPK_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, mpk_dev_stream));
+    MPK_CUDA_CHECK(cudaStreamSynchronize(mpk_dev_stream));
     return MPK_DEV_OK;
 }
 
@@ -638,12 +657,15 @@ int mpk_dev_memcpy_d2h(void *dst, const void *src, size_t bytes) {
     return MPK_DEV_OK;
 }
 
+// Queued on the megakernel's stream: ordered after the launches queued before it and before
+// those queued after it; the host does not wait.
 int mpk_dev_memset(void *dst, int value, size_t bytes) {
-    MPK_CUDA_CHECK(cudaMemset(dst, value, bytes));
+    MPK_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, mpk_dev_stream));
     return MPK_DEV_OK;
 }
 
-// Pinned host memory mapped into the device (the abort flag): *host and its device alias *dev.
+// Pinned host memory mapped into the device (the abort flag, the hand-over count): *host and its
+// device alias *dev.
 int mpk_dev_host_alloc(void **host, void **dev, size_t bytes) {
     *host = *dev = NULL;
     MPK_CUDA_CHECK(cudaHostAlloc(host, bytes, cudaHostAllocMapped));
