@@ -201,6 +201,15 @@ mpk_status mpk_rmsnorm_linear_layer(mpk_kernel *kernel, const mpk_tensor *input,
                                     const mpk_tensor *linear_weight, mpk_tensor *output, float eps,
                                     mpk_dim3 grid, mpk_dim3 block, const char *name);
 
+// As mpk_rmsnorm_linear_layer, for only the rows whose tokens an iteration samples: the last row
+// of each request that samples (every decode row; a prompt's last row once the whole prompt is
+// in). The LM head of generation: a prompt chunk needs one row of logits, not one per token.
+// The other rows of output are unspecified (kept, or computed where that is cheaper).
+mpk_status mpk_rmsnorm_linear_sampled_layer(mpk_kernel *kernel, const mpk_tensor *input,
+                                            const mpk_tensor *norm_weight,
+                                            const mpk_tensor *linear_weight, mpk_tensor *output,
+                                            float eps, mpk_dim3 grid, mpk_dim3 block, const char *name);
+
 // output = input @ weight^T.   input (T, K), weight (N, K), output (T, N).
 mpk_status mpk_linear_layer(mpk_kernel *kernel, const mpk_tensor *input, const mpk_tensor *weight,
                             mpk_tensor *output, mpk_dim3 grid, mpk_dim3 block, const char *name);

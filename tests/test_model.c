@@ -954,6 +954,96 @@ Test(model, attention_output_fused_matches_separate) {
               ta[2], tb[0], tb[1], tb[2]);
 }
 
+// The LM head of the sampled rows only (the default, mpk_rmsnorm_linear_sampled_layer) against
+// every row (MPK_LOGITS_ALL), on the CPU: two requests prefilled in one iteration (prompts of 5
+// and 2 tokens in 8 rows), then a 12-token prompt in chunks of 8 and 4 rows. The sampled rows
+// (the prompts' last) are bit for bit those of the all-rows head and the tokens the same; the
+// other rows are never written (the fresh tensor's zeros stay).
+static void run_logits_rows(int32_t logits, int32_t *toks_out, uint16_t *lg_out, int64_t *V_out) {
+    mpk_model_config c;
+    mpk_model *m = tiny_random_model(&c, 3, 5);
+    mpk_kernel_params p = mpk_kernel_default_params();
+    p.backend = MPK_BACKEND_CPU;
+    p.num_workers = 3;
+    p.max_batched_tokens = 8;
+    p.max_seq_len = 32;
+    p.page_size = 16;
+    p.max_requests = 2;
+    mpk_kernel *k = NULL;
+    cr_assert_eq(mpk_kernel_create(&p, &k), MPK_OK);
+    mpk_build_options o = mpk_build_default_options();
+    o.logits = logits;
+    cr_assert_eq(mpk_model_build(m, k, &o), MPK_OK, "%s", mpk_last_error(k));
+    cr_assert_eq(mpk_compile(k), MPK_OK, "%s", mpk_last_error(k));
+    mpk_tensor *lg;
+    cr_assert_eq(mpk_tensor_find(k, "logits", &lg), MPK_OK);
+    const int64_t V = mpk_tensor_dim(lg, 1), n = 8 * V;
+    const int32_t a[5] = {3, 77, 9, 300, 17}, b2[2] = {41, 5};
+    cr_assert_eq(mpk_request_add(k, a, 5, 1, NULL, NULL), MPK_OK, "%s", mpk_last_error(k));
+    cr_assert_eq(mpk_request_add(k, b2, 2, 1, NULL, NULL), MPK_OK, "%s", mpk_last_error(k));
+    cr_assert_eq(mpk_run(k, NULL, NULL), MPK_OK, "%s", mpk_last_error(k));
+    cr_assert_eq(mpk_tensor_read(k, lg, lg_out, sizeof *lg_out * (size_t)n), MPK_OK);
+    for (int r = 0; r < 2; r++) {
+        const int32_t *t;
+        int32_t plen, total;
+        cr_assert_eq(mpk_request_tokens(k, r, &t, &plen, &total), MPK_OK);
+        cr_assert_eq(total - plen, 1);
+        toks_out[r] = t[plen];
+    }
+    int32_t c12[12];
+    for (int i = 0; i < 12; i++) c12[i] = 5 + 31 * i;
+    cr_assert_eq(mpk_request_clear(k), MPK_OK);
+    const int32_t *t;
+    int32_t plen, total;
+    generate(k, c12, 12, 1, &t, &plen, &total);
+    toks_out[2] = t[plen];
+    cr_assert_eq(mpk_tensor_read(k, lg, lg_out + n, sizeof *lg_out * (size_t)n), MPK_OK);
+    *V_out = V;
+    mpk_kernel_free(k);
+    mpk_model_free(m);
+}
+
+Test(model, lm_head_sampled_rows) {
+    static uint16_t all[2 * 8 * 4096], smp[2 * 8 * 4096];
+    int32_t ta[3], ts[3];
+    int64_t V, V2;
+    run_logits_rows(MPK_LOGITS_ALL, ta, all, &V);
+    run_logits_rows(MPK_LOGITS_SAMPLED, ts, smp, &V2);
+    cr_assert_eq(V, V2);
+    cr_assert(2 * 8 * V <= 2 * 8 * 4096);
+    cr_expect(memcmp(ta, ts, sizeof ta) == 0, "tokens differ: %d %d %d vs %d %d %d", ta[0], ta[1], ta[2], ts[0],
+              ts[1], ts[2]);
+    // Run 1 (7 rows) samples rows 4 and 6; run 2 (same tensor) row 3 of its second chunk.
+    for (int run = 0; run < 2; run++)
+        for (int64_t r = 0; r < 8; r++) {
+            const uint16_t *ra = all + (run * 8 + r) * V, *rs = smp + (run * 8 + r) * V;
+            const int sampled = run == 0 ? (r == 4 || r == 6) : r == 3;
+            const int written_before = run == 1 && (r == 4 || r == 6);  // (run 1's rows stay)
+            if (sampled) {
+                cr_expect(memcmp(ra, rs, sizeof *ra * (size_t)V) == 0, "run %d row %lld: sampled logits differ", run,
+                          (long long)r);
+            } else if (!written_before) {
+                int zeros = 1;
+                for (int64_t j = 0; j < V; j++) zeros &= rs[j] == 0;
+                cr_expect(zeros, "run %d row %lld: a row nobody samples was written", run, (long long)r);
+                int any = 0;
+                for (int64_t j = 0; j < V; j++) any |= ra[j] != 0;
+                if (run == 1 || r < 7)  // (run 1 used 7 rows)
+                    cr_expect(any, "run %d row %lld: the all-rows head left the row empty", run, (long long)r);
+            }
+        }
+    // A bad value is named.
+    mpk_build_options o = mpk_build_default_options();
+    o.logits = 5;
+    mpk_model_config c;
+    mpk_model *m = tiny_random_model(&c, 0, 3);
+    mpk_kernel *k = cpu_kernel(2, 4, 32);
+    cr_expect_eq(mpk_model_build(m, k, &o), MPK_ERR_INVALID_ARG);
+    cr_expect(strstr(mpk_last_error(k), "logits") != NULL, "%s", mpk_last_error(k));
+    mpk_kernel_free(k);
+    mpk_model_free(m);
+}
+
 // The attention split over positions (flash-decoding) against the whole attention, on the CPU
 // with 4 worker threads (the splits of a head run concurrently and meet at the ticket): a
 // 200-token prompt, then 8 decoded tokens, each attending to 200+ positions, so every decode

@@ -107,8 +107,9 @@ static mpk_backend e2e_backend(void) {
     return b && !strcmp(b, "cuda") ? MPK_BACKEND_CUDA : MPK_BACKEND_CPU;
 }
 
-// T rows per iteration (a whole prompt in the first), contexts of up to ctx positions.
-static mpk_kernel *fixture_kernel(mpk_model *m, int32_t workers, int32_t T, int32_t ctx) {
+// T rows per iteration (a whole prompt in the first), contexts of up to ctx positions; logits:
+// MPK_LOGITS_ALL (teacher forcing reads every row) or MPK_LOGITS_SAMPLED (generation's default).
+static mpk_kernel *fixture_kernel(mpk_model *m, int32_t workers, int32_t T, int32_t ctx, int32_t logits) {
     mpk_kernel_params p = mpk_kernel_default_params();
     p.backend = e2e_backend();
     p.max_requests = 2;
@@ -119,7 +120,9 @@ static mpk_kernel *fixture_kernel(mpk_model *m, int32_t workers, int32_t T, int3
     p.num_eos_token_ids = 0;    // the reference ignores EOS
     mpk_kernel *k = NULL;
     cr_assert_eq(mpk_kernel_create(&p, &k), MPK_OK);
-    cr_assert_eq(mpk_model_build(m, k, NULL), MPK_OK, "%s", mpk_last_error(k));
+    mpk_build_options bo = mpk_build_default_options();
+    bo.logits = logits;
+    cr_assert_eq(mpk_model_build(m, k, &bo), MPK_OK, "%s", mpk_last_error(k));
     cr_assert_eq(mpk_compile(k), MPK_OK, "%s", mpk_last_error(k));
     return k;
 }
@@ -157,7 +160,8 @@ static void check_model_dir(const char *dir, const char *name) {
         if (r.prompt_len[i] > T) T = r.prompt_len[i];
         if (r.prompt_len[i] + r.new_tokens + 1 > ctx) ctx = r.prompt_len[i] + r.new_tokens + 1;
     }
-    mpk_kernel *k = fixture_kernel(m, wa, T, ctx);
+    mpk_kernel *k = fixture_kernel(m, wa, T, ctx, MPK_LOGITS_ALL);
+    mpk_kernel *ks = fixture_kernel(m, wa, T, ctx, MPK_LOGITS_SAMPLED);  // generation's LM head
     mpk_tensor *logits;
     cr_assert_eq(mpk_tensor_find(k, "logits", &logits), MPK_OK);
     uint16_t *got = malloc((size_t)(T * V) * 2);  // (max_batched_tokens, V)
@@ -214,9 +218,34 @@ static void check_model_dir(const char *dir, const char *name) {
         cr_log_info("%s prompt %d: logits nse %.3g, %d top-1 flips (all at near-ties < %.3f) of %d",
                     name, i, nse, flips, tie, L);
 
+        // The generation kernel's LM head computes the prompt's last row only (the GPU: by the
+        // GEMV instead of the tensor cores): that row against the reference, and on the CPU bit
+        // for bit the row the all-rows kernel computed.
+        {
+            uint16_t *gs = malloc((size_t)(T * V) * 2);
+            cr_assert_eq(mpk_request_clear(ks), MPK_OK);
+            cr_assert_eq(mpk_request_add(ks, r.prompt[i], L, 1, NULL, NULL), MPK_OK, "%s", mpk_last_error(ks));
+            cr_assert_eq(mpk_run(ks, NULL, NULL), MPK_OK, "%s", mpk_last_error(ks));
+            mpk_tensor *ls;
+            cr_assert_eq(mpk_tensor_find(ks, "logits", &ls), MPK_OK);
+            cr_assert_eq(mpk_tensor_read(ks, ls, gs, (size_t)(T * V) * 2), MPK_OK);
+            memcpy(row, (const uint8_t *)ref->data + (size_t)((L - 1) * V) * 4, (size_t)V * 4);
+            double n1 = 0, d1 = 0;
+            for (int64_t v = 0; v < V; v++) {
+                const double gv = mpk_st_bf16_to_f32(gs[(int64_t)(L - 1) * V + v]);
+                n1 += (gv - row[v]) * (gv - row[v]);
+                d1 += (double)row[v] * row[v];
+            }
+            cr_expect(n1 < MAX_NSE * d1, "%s prompt %d: the sampled-rows LM head's last row, nse %g", name, i, n1 / d1);
+            if (e2e_backend() == MPK_BACKEND_CPU)
+                cr_expect(memcmp(gs + (int64_t)(L - 1) * V, got + (int64_t)(L - 1) * V, (size_t)V * 2) == 0,
+                          "%s prompt %d: the sampled-rows LM head's last row differs from the all-rows one", name, i);
+            free(gs);
+        }
+
         // Other worker counts give other grids.
         if (i == 0) {
-            mpk_kernel *k7 = fixture_kernel(m, wb, T, ctx);
+            mpk_kernel *k7 = fixture_kernel(m, wb, T, ctx, MPK_LOGITS_ALL);
             mpk_tensor *logits7;
             uint16_t *got7 = malloc((size_t)(T * V) * 2);
             cr_assert_eq(mpk_tensor_find(k7, "logits", &logits7), MPK_OK);
@@ -245,12 +274,12 @@ static void check_model_dir(const char *dir, const char *name) {
         }
 
         // Greedy generation, one token per iteration through the KV cache.
-        cr_assert_eq(mpk_request_clear(k), MPK_OK);
-        cr_assert_eq(mpk_request_add(k, r.prompt[i], L, r.new_tokens, NULL, NULL), MPK_OK);
-        cr_assert_eq(mpk_run(k, NULL, NULL), MPK_OK, "%s", mpk_last_error(k));
+        cr_assert_eq(mpk_request_clear(ks), MPK_OK);
+        cr_assert_eq(mpk_request_add(ks, r.prompt[i], L, r.new_tokens, NULL, NULL), MPK_OK);
+        cr_assert_eq(mpk_run(ks, NULL, NULL), MPK_OK, "%s", mpk_last_error(ks));
         const int32_t *toks;
         int32_t plen, total;
-        cr_assert_eq(mpk_request_tokens(k, 0, &toks, &plen, &total), MPK_OK);
+        cr_assert_eq(mpk_request_tokens(ks, 0, &toks, &plen, &total), MPK_OK);
         cr_assert_eq(total - plen, r.new_tokens, "%s prompt %d: %d tokens generated", name, i,
                      total - plen);
         int same = 0;
@@ -269,20 +298,20 @@ static void check_model_dir(const char *dir, const char *name) {
         for (int i = 0; i < 2; i++) {
             const int32_t *toks;
             int32_t plen, total;
-            cr_assert_eq(mpk_request_clear(k), MPK_OK);
-            cr_assert_eq(mpk_request_add(k, r.prompt[i], r.prompt_len[i], r.new_tokens, NULL, NULL), MPK_OK);
-            cr_assert_eq(mpk_run(k, NULL, NULL), MPK_OK, "%s", mpk_last_error(k));
-            cr_assert_eq(mpk_request_tokens(k, 0, &toks, &plen, &total), MPK_OK);
+            cr_assert_eq(mpk_request_clear(ks), MPK_OK);
+            cr_assert_eq(mpk_request_add(ks, r.prompt[i], r.prompt_len[i], r.new_tokens, NULL, NULL), MPK_OK);
+            cr_assert_eq(mpk_run(ks, NULL, NULL), MPK_OK, "%s", mpk_last_error(ks));
+            cr_assert_eq(mpk_request_tokens(ks, 0, &toks, &plen, &total), MPK_OK);
             memcpy(alone[i], toks + plen, (size_t)r.new_tokens * sizeof(int32_t));
         }
-        cr_assert_eq(mpk_request_clear(k), MPK_OK);
+        cr_assert_eq(mpk_request_clear(ks), MPK_OK);
         for (int i = 0; i < 2; i++)
-            cr_assert_eq(mpk_request_add(k, r.prompt[i], r.prompt_len[i], r.new_tokens, NULL, NULL), MPK_OK);
-        cr_assert_eq(mpk_run(k, NULL, NULL), MPK_OK, "%s", mpk_last_error(k));
+            cr_assert_eq(mpk_request_add(ks, r.prompt[i], r.prompt_len[i], r.new_tokens, NULL, NULL), MPK_OK);
+        cr_assert_eq(mpk_run(ks, NULL, NULL), MPK_OK, "%s", mpk_last_error(ks));
         for (int i = 0; i < 2; i++) {
             const int32_t *toks;
             int32_t plen, total;
-            cr_assert_eq(mpk_request_tokens(k, i, &toks, &plen, &total), MPK_OK);
+            cr_assert_eq(mpk_request_tokens(ks, i, &toks, &plen, &total), MPK_OK);
             cr_expect(memcmp(toks + plen, alone[i], (size_t)r.new_tokens * sizeof(int32_t)) == 0,
                       "%s: request %d decoded in a batch of two differs from decoding alone", name, i);
         }
@@ -290,6 +319,7 @@ static void check_model_dir(const char *dir, const char *name) {
     free(got);
     free(row);
     mpk_kernel_free(k);
+    mpk_kernel_free(ks);
     mpk_st_close(lf);
     mpk_model_free(m);
     free_ref(&r);

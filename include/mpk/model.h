@@ -107,9 +107,15 @@ typedef struct mpk_build_options {
     // (mpk_attention_layer's grid.y; separate attention only): 0 = automatic (the workers per kv
     // head, at most 16), 1 = never split, 2-64 = that many.
     int32_t attention_splits;
+    // Rows of "logits" the LM head computes: MPK_LOGITS_SAMPLED (0, the default) those whose
+    // tokens are sampled (mpk_rmsnorm_linear_sampled_layer: a prompt's last row, every decode
+    // row), MPK_LOGITS_ALL every row (teacher-forced evaluation, per-position log-probabilities
+    // of a prompt).
+    int32_t logits;
 } mpk_build_options;
 
 enum { MPK_ATTN_OUT_AUTO = 0, MPK_ATTN_OUT_FUSED = 1, MPK_ATTN_OUT_SEPARATE = 2 };
+enum { MPK_LOGITS_SAMPLED = 0, MPK_LOGITS_ALL = 1 };
 
 mpk_build_options mpk_build_default_options(void);
 

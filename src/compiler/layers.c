@@ -284,11 +284,11 @@ mpk_status mpk_rmsnorm_layer(mpk_kernel *k, const mpk_tensor *x, const mpk_tenso
 // ---- the linear family -------------------------------------------------------------------------
 
 // Shared by linear, linear_with_residual and rmsnorm_linear: grid.x splits the N output columns,
-// grid.y the rows.
+// grid.y the rows. sampled (rmsnorm_linear): only the rows whose tokens are sampled (p[5]).
 static mpk_status linear_common(mpk_kernel *k, int32_t type, const char *op, const mpk_tensor *x,
                                 const mpk_tensor *norm_w, const mpk_tensor *w,
                                 const mpk_tensor *res, mpk_tensor *out, float eps, mpk_dim3 grid,
-                                mpk_dim3 block, const char *name) {
+                                mpk_dim3 block, const char *name, int sampled) {
     layer_ctx c;
     TRY(layer_begin(&c, k, op, name, grid));
     int64_t T = rows_total(k);
@@ -310,7 +310,10 @@ static mpk_status linear_common(mpk_kernel *k, int32_t type, const char *op, con
     v.p[0] = (int32_t)K; v.p[1] = (int32_t)n; v.p[2] = (int32_t)K; v.p[3] = (int32_t)K;
     if (type == MPK_TASK_LINEAR_RESIDUAL) { v.p[4] = (int32_t)N; v.p[5] = (int32_t)N; }
     else v.p[4] = (int32_t)N;
-    if (type == MPK_TASK_RMSNORM_LINEAR) v.f[0] = eps;
+    if (type == MPK_TASK_RMSNORM_LINEAR) {
+        v.f[0] = eps;
+        v.p[5] = sampled != 0;
+    }
     TRY(add_variant(&c, &v));
     TRY(add_layer(&c, type, name, grid, block));
     for (int32_t y = 0; y < grid.y; y++)
@@ -336,19 +339,26 @@ mpk_status mpk_rmsnorm_linear_layer(mpk_kernel *k, const mpk_tensor *x, const mp
                                     const mpk_tensor *w, mpk_tensor *out, float eps, mpk_dim3 grid,
                                     mpk_dim3 block, const char *name) {
     return linear_common(k, MPK_TASK_RMSNORM_LINEAR, "rmsnorm_linear", x, norm_w, w, NULL, out, eps,
-                         grid, block, name);
+                         grid, block, name, 0);
+}
+
+mpk_status mpk_rmsnorm_linear_sampled_layer(mpk_kernel *k, const mpk_tensor *x, const mpk_tensor *norm_w,
+                                            const mpk_tensor *w, mpk_tensor *out, float eps, mpk_dim3 grid,
+                                            mpk_dim3 block, const char *name) {
+    return linear_common(k, MPK_TASK_RMSNORM_LINEAR, "rmsnorm_linear", x, norm_w, w, NULL, out, eps,
+                         grid, block, name, 1);
 }
 
 mpk_status mpk_linear_layer(mpk_kernel *k, const mpk_tensor *x, const mpk_tensor *w,
                             mpk_tensor *out, mpk_dim3 grid, mpk_dim3 block, const char *name) {
-    return linear_common(k, MPK_TASK_LINEAR, "linear", x, NULL, w, NULL, out, 0, grid, block, name);
+    return linear_common(k, MPK_TASK_LINEAR, "linear", x, NULL, w, NULL, out, 0, grid, block, name, 0);
 }
 
 mpk_status mpk_linear_with_residual_layer(mpk_kernel *k, const mpk_tensor *x, const mpk_tensor *w,
                                           const mpk_tensor *res, mpk_tensor *out, mpk_dim3 grid,
                                           mpk_dim3 block, const char *name) {
     return linear_common(k, MPK_TASK_LINEAR_RESIDUAL, "linear_with_residual", x, NULL, w, res, out,
-                         0, grid, block, name);
+                         0, grid, block, name, 0);
 }
 
 // ---- attention ---------------------------------------------------------------------------------

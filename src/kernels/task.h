@@ -78,7 +78,8 @@ MPK_STATIC_ASSERT(sizeof(mpk_task_desc) == 128, "task descriptor is 128 bytes");
 // type                         operand[]                                   p[]
 // EMBED                        ids, weight(+col), out(+col)                cols, ld_w, ld_out, vocab
 // RMSNORM                      x, weight, out                              H, ld_x, ld_out
-// RMSNORM_LINEAR               x, norm_w, w(+row n0), out(+col n0)         K, n, ld_x, ld_w, ld_out
+// RMSNORM_LINEAR               x, norm_w, w(+row n0), out(+col n0)         K, n, ld_x, ld_w, ld_out,
+//                                                                         sampled rows only (0/1)
 // LINEAR                       x, w(+row n0), out(+col n0)                 K, n, ld_x, ld_w, ld_out
 // LINEAR_RESIDUAL              x, w(+row), residual(+col), out(+col)       K, n, ld_x, ld_w, ld_res, ld_out
 // ATTENTION                    qkv(+group), k_cache(+head), v_cache(+head),

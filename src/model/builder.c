@@ -12,7 +12,7 @@
 
 mpk_build_options mpk_build_default_options(void) {
     mpk_build_options o = {.sampling = 0, .num_workers_hint = 0, .attention_output = MPK_ATTN_OUT_AUTO,
-                           .attention_splits = 0};
+                           .attention_splits = 0, .logits = MPK_LOGITS_SAMPLED};
     return o;
 }
 
@@ -215,6 +215,9 @@ mpk_status mpk_model_build(mpk_model *m, mpk_kernel *k, const mpk_build_options 
                                                 : mpk_build_attention_splits(c->num_kv_heads, b.W);
     const int32_t GD = c->num_kv_heads > 0 ? c->num_heads / c->num_kv_heads * c->head_dim : 1;
     if (b.attention_splits > GD) b.attention_splits = GD > 0 ? GD : 1;  // (the layer's bound)
+    if (o.logits != MPK_LOGITS_SAMPLED && o.logits != MPK_LOGITS_ALL)
+        return mpk_fail(k, MPK_ERR_INVALID_ARG, "mpk_model_build: logits %d is not one of MPK_LOGITS_SAMPLED, _ALL",
+                        o.logits);
     if (o.attention_output < MPK_ATTN_OUT_AUTO || o.attention_output > MPK_ATTN_OUT_SEPARATE)
         return mpk_fail(k, MPK_ERR_INVALID_ARG, "mpk_model_build: attention_output %d is not one of MPK_ATTN_OUT_AUTO, _FUSED, _SEPARATE",
                         o.attention_output);
@@ -239,10 +242,14 @@ mpk_status mpk_model_build(mpk_model *m, mpk_kernel *k, const mpk_build_options 
     for (int32_t l = 0; l < c->num_layers; l++)
         if ((st = build_layer(&b, l, x, &x))) return st;
 
-    if ((st = activation(k, b.T, V, "logits", &logits)) ||
-        (st = mpk_rmsnorm_linear_layer(k, x, final_norm, lm_head, logits, c->rms_norm_eps,
-                                       gx(mpk_build_pick_grid(V, b.W)), b.block, "lm_head")))
-        return st;
+    if ((st = activation(k, b.T, V, "logits", &logits))) return st;
+    if (o.logits == MPK_LOGITS_ALL)
+        st = mpk_rmsnorm_linear_layer(k, x, final_norm, lm_head, logits, c->rms_norm_eps,
+                                      gx(mpk_build_pick_grid(V, b.W)), b.block, "lm_head");
+    else
+        st = mpk_rmsnorm_linear_sampled_layer(k, x, final_norm, lm_head, logits, c->rms_norm_eps,
+                                              gx(mpk_build_pick_grid(V, b.W)), b.block, "lm_head");
+    if (st) return st;
     if (o.sampling)
         return mpk_sampling_layer(k, logits, out_ids, gx(1), b.block, "sampling");
     return mpk_argmax_layer(k, logits, out_ids, gx(mpk_build_argmax_grid(V, b.W)), b.block,

@@ -99,6 +99,24 @@ static inline MPK_HD mpk_request_state *mpk_batch_requests(mpk_batch *b) { retur
 
 static inline MPK_HD uint32_t mpk_batch_align8(uint32_t x) { return (x + 7u) & ~7u; }
 
+// The rows of [lo, hi) whose tokens this iteration samples (the last row of each entry that
+// samples: every decode row, a prompt's last row), ascending: the first `cap` into rows[]; returns
+// how many there are (may exceed cap). The LM head computes only these
+// (mpk_rmsnorm_linear_sampled_layer).
+static inline MPK_HD int32_t mpk_batch_sampled_rows(const mpk_batch *b, int32_t lo, int32_t hi,
+                                                    int32_t *rows, int32_t cap) {
+    const int32_t *rb = MPK_BATCH_CARRAY(b, off_entry_row_begin, int32_t);
+    const int32_t *smp = MPK_BATCH_CARRAY(b, off_entry_sample, int32_t);
+    int32_t n = 0;
+    for (int32_t e = 0; e < b->num_entries; e++) {
+        const int32_t r = rb[e + 1] - 1;
+        if (!smp[e] || r < lo || r >= hi) continue;
+        if (n < cap) rows[n] = r;
+        n++;
+    }
+    return n;
+}
+
 // Fills the header's capacities and offsets. Returns the blob size in bytes, or 0 when the
 // capacities are impossible. With b == NULL it only computes the size.
 static inline MPK_HD uint32_t mpk_batch_layout(mpk_batch *b, int32_t max_tokens, int32_t max_requests,

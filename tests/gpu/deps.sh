@@ -21,13 +21,15 @@ build/mpk compile --backend cuda --arch sm_90a > /dev/null 2>&1 || echo "prebuil
 for m in qwen3-0.6b qwen3-1.7b qwen3-8b; do
     build/mpk compile --config $m --backend cuda --arch sm_90a > /dev/null 2>&1 || echo "prebuild $m failed"
 done
-[ "${MPK_PREBUILD_E2E:-1}" = 1 ] && for w in 132 64; do
+# e2e: teacher forcing at both worker counts (every row's logits), generation at the first.
+[ "${MPK_PREBUILD_E2E:-1}" = 1 ] && for wl in "132 all" "64 all" "132 sampled"; do
+    set -- $wl
     for m in qwen3-0.6b llama-3.2-1b qwen3-8b; do  # (make_real_models.py's longest prompt: 160)
-        build/mpk compile --config $m --backend cuda --arch sm_90a --workers $w --page-size 16 \
+        build/mpk compile --config $m --backend cuda --arch sm_90a --workers $1 --logits $2 --page-size 16 \
             --batch-tokens 160 --ctx 193 > /dev/null 2>&1 || echo "prebuild e2e $m failed"
     done
     for f in tests/fixtures/models/*/; do
-        build/mpk compile -m $f --backend cuda --arch sm_90a --workers $w --page-size 16 \
+        build/mpk compile -m $f --backend cuda --arch sm_90a --workers $1 --logits $2 --page-size 16 \
             --batch-tokens 32 --ctx 64 > /dev/null 2>&1 || echo "prebuild e2e $f failed"
     done
 done

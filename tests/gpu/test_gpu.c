@@ -488,7 +488,7 @@ static void setup_spec(gcase *c, int i, const layer_spec *sp) {
 
 // A small decoder layer with an LM head: embed, rmsnorm_linear (qkv), attention, linear_residual,
 // rmsnorm_linear (gate/up), silu_mul_linear_residual, rmsnorm_linear (lm head), argmax.
-// cfg: 0 H, 1 Hq, 2 Hkv, 3 D, 4 I, 5 V, 6 grid seed
+// cfg: 0 H, 1 Hq, 2 Hkv, 3 D, 4 I, 5 V, 6 grid seed, 7 fused attention, 8 splits, 9 sampled-rows LM head
 static int pick_div(int n, uint32_t r) {
     int divs[64], nd = 0;
     for (int d = 1; d <= n && nd < 64; d++)
@@ -531,7 +531,12 @@ static mpk_status build_model(mpk_kernel *k, gcase *c, mpk_tensor **in) {
         TRY(mpk_rmsnorm_linear_layer(k, h1, in[7], in[8], gu, 1e-6f, D3(pick_div((int)(2 * I), rnd()), 1), NOBLOCK, "gate_up"));
     }
     TRY(mpk_silu_mul_linear_with_residual_layer(k, gu, in[9], h1, h2, D3(pick_div((int)H, rnd()), 1), NOBLOCK, "down"));
-    TRY(mpk_rmsnorm_linear_layer(k, h2, in[10], in[11], logits, 1e-6f, D3(pick_div((int)V, rnd()), 1), NOBLOCK, "lm_head"));
+    if (c->cfg[9])  // the LM head of the sampled rows only (the model builder's default)
+        TRY(mpk_rmsnorm_linear_sampled_layer(k, h2, in[10], in[11], logits, 1e-6f, D3(pick_div((int)V, rnd()), 1),
+                                             NOBLOCK, "lm_head"));
+    else
+        TRY(mpk_rmsnorm_linear_layer(k, h2, in[10], in[11], logits, 1e-6f, D3(pick_div((int)V, rnd()), 1), NOBLOCK,
+                                     "lm_head"));
     TRY(mpk_argmax_layer(k, logits, outs, D3(pick_div((int)V, rnd()), 1), NOBLOCK, "argmax"));
     g_rng = saved;
     return MPK_OK;
@@ -597,8 +602,11 @@ static void small_model_case(gcase *c, const char *name, int fused) {
 // kernel), after which request 0 finishes and frees its pages; iteration 3 is the rest of
 // request 1's prompt (the prompt kernel again), then its decode rows. Tokens, outputs and the
 // profile (one record per task and iteration, numbered across the launches) as in one launch.
+// The LM head computes the sampled rows only (iteration 1: request 0's last prompt row, not
+// request 1's chunk; iteration 3: request 1's last), by the GEMV in the prompt kernel.
 static void turns_case(gcase *c) {
     small_model_case(c, "model, kernels taking turns", 0);
+    c->cfg[9] = 1;
     c->params.num_pages = 6;
     c->prompts[0] = (prompt_spec){6, 2, 0, 0, 1};
     c->prompts[1] = (prompt_spec){20, 3, 0, 0, 1};

@@ -26,6 +26,7 @@ typedef struct cli_opts {
     double timeout;
     int32_t sampling;           // build a sampling layer (not argmax)
     const char *attention_output;  // --attention-output auto|fused|separate (NULL: $MPK_ATTENTION_OUTPUT)
+    const char *logits;            // --logits sampled|all (NULL: sampled)
     int32_t attention_splits;   // --attn-splits (-1: $MPK_ATTENTION_SPLITS, else 0 = automatic)
 } cli_opts;
 

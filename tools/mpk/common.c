@@ -44,6 +44,8 @@ const char *cli_common_usage(void) {
            "  --attn-splits N       tasks per kv head that split a long decode row's attention\n"
            "                        (separate attention; 1 = never; default: $MPK_ATTENTION_SPLITS,\n"
            "                        else 0 = the workers per kv head, at most 16)\n"
+           "  --logits L            sampled | all: the LM head's rows, those sampled (a prompt's\n"
+           "                        last) or every row (teacher-forced checks) (default: sampled)\n"
            "  -v                    log what the library does (compile times, cache hits)\n";
 }
 
@@ -102,6 +104,10 @@ int cli_common_option(cli_opts *o, int argc, char **argv, int *i) {
         return one_of(a, v, (const char *const[]){"auto", "fused", "separate", NULL}, &o->attention_output);
     }
     if (!strcmp(a, "--attn-splits")) { NEEDV(); return parse_int(v, 0, 64, &o->attention_splits, a); }
+    if (!strcmp(a, "--logits")) {
+        NEEDV();
+        return one_of(a, v, (const char *const[]){"sampled", "all", NULL}, &o->logits);
+    }
 #undef NEEDV
     return 0;
 }
@@ -225,6 +231,7 @@ int cli_engine_open(cli_engine *e, const cli_opts *o, int compile) {
     }
     mpk_build_options bo = mpk_build_default_options();
     bo.sampling = o->sampling;
+    bo.logits = o->logits && !strcmp(o->logits, "all") ? MPK_LOGITS_ALL : MPK_LOGITS_SAMPLED;
     // --attention-output, else MPK_ATTENTION_OUTPUT=separate|fused|auto (default auto): how
     // attention meets o_proj (the variable serves side-by-side measurements, bench/ab.sh).
     const char *ao = o->attention_output ? o->attention_output : getenv("MPK_ATTENTION_OUTPUT");

@@ -727,6 +727,26 @@ MPK_DEV void mpk_rmsnorm_linear_cuda(const mpk_bf16 *x, const mpk_bf16 *norm_w, 
     mpk_gemv(xr, w, (const mpk_bf16 *)0, out, rows, K, n, ld_w, 0, ld_out, nd, prompt);
 }
 
+// Prompt rows of a sampled-rows-only RMSNORM_LINEAR (the LM head, mpk_rmsnorm_linear_sampled_layer):
+// the rows of [lo, hi) whose tokens are sampled, one GEMV pass each (a prompt chunk has one, or
+// none), when there are at most MPK_SAMPLED_GEMV_ROWS; returns false when there are more, and
+// the caller computes every prompt row on the tensor cores instead. x and out point at row 0.
+#ifndef MPK_SAMPLED_GEMV_ROWS
+#define MPK_SAMPLED_GEMV_ROWS 8
+#endif
+MPK_DEV bool mpk_rmsnorm_linear_sampled_cuda(const mpk_batch *b, int32_t lo, int32_t hi, const mpk_bf16 *x,
+                                             const mpk_bf16 *norm_w, const mpk_bf16 *w, mpk_bf16 *out,
+                                             int32_t K, int32_t n, int32_t ld_x, int32_t ld_w,
+                                             int32_t ld_out, float eps) {
+    int32_t sr[MPK_SAMPLED_GEMV_ROWS];
+    const int32_t ns = mpk_batch_sampled_rows(b, lo, hi, sr, MPK_SAMPLED_GEMV_ROWS);
+    if (ns > MPK_SAMPLED_GEMV_ROWS) return false;
+    for (int32_t i = 0; i < ns; i++)
+        mpk_rmsnorm_linear_cuda(x + (int64_t)sr[i] * ld_x, norm_w, w, out + (int64_t)sr[i] * ld_out, 1, K, n,
+                                ld_x, ld_w, ld_out, eps, 1, false);
+    return true;
+}
+
 MPK_DEV void mpk_residual_rmsnorm_linear_cuda(const mpk_bf16 *x, const float *part,
                                               const mpk_bf16 *norm_w, const mpk_bf16 *w,
                                               mpk_bf16 *out, mpk_bf16 *x_out, int32_t rows,

@@ -23,6 +23,22 @@ void mpk_cpu_run_task(const mpk_task_desc *d, const mpk_variant *v, const mpk_ba
                         PTR(mpk_bf16, 2) + (int64_t)r0 * p[2], rows, p[0], p[1], p[2], v->f[0]);
         break;
     case MPK_TASK_RMSNORM_LINEAR:
+        if (p[5]) {  // only the sampled rows, in runs of consecutive rows (the decode rows are one)
+            int32_t sr[64];
+            for (int32_t lo = r0; lo < r1;) {
+                const int32_t n = mpk_batch_sampled_rows(b, lo, r1, sr, 64), m = n < 64 ? n : 64;
+                for (int32_t i = 0; i < m;) {
+                    int32_t j = i + 1;
+                    while (j < m && sr[j] == sr[j - 1] + 1) j++;
+                    mpk_rmsnorm_linear_cpu(PTR(const mpk_bf16, 0) + (int64_t)sr[i] * p[2], PTR(const mpk_bf16, 1),
+                                           PTR(const mpk_bf16, 2), PTR(mpk_bf16, 3) + (int64_t)sr[i] * p[4], j - i,
+                                           p[0], p[1], p[2], p[3], p[4], v->f[0]);
+                    i = j;
+                }
+                lo = n > 64 ? sr[63] + 1 : r1;
+            }
+            break;
+        }
         mpk_rmsnorm_linear_cpu(PTR(const mpk_bf16, 0) + (int64_t)r0 * p[2], PTR(const mpk_bf16, 1),
                                PTR(const mpk_bf16, 2), PTR(mpk_bf16, 3) + (int64_t)r0 * p[4], rows,
                                p[0], p[1], p[2], p[3], p[4], v->f[0]);

@@ -139,7 +139,11 @@ static mpk_status emit_variant_body(mpk_kernel *k, mpk_sbuf *b, int32_t id, cons
                         " + (int64_t)r0 * %d, r1 - r0, %d, %d, %d, %.9gf);\n",
                         p[1], p[2], p[0], p[1], p[2], (double)v->f[0]);
         break;
-    case MPK_TASK_RMSNORM_LINEAR:  // x, norm_w, w, out | K, n, ld_x, ld_w, ld_out; f0 eps
+    case MPK_TASK_RMSNORM_LINEAR:  // x, norm_w, w, out | K, n, ld_x, ld_w, ld_out, sampled; f0 eps
+        if (prompt && p[5])  // the sampled prompt rows alone, by the GEMV, when they are few
+            mpk_sbuf_printf(b, "    if (mpk_rmsnorm_linear_sampled_cuda(b, max(r0, nd), r1, " OP(CBF, 0) ", " OP(CBF, 1)
+                            ", " OP(CBF, 2) ", " OP(BF, 3) ", %d, %d, %d, %d, %d, %.9gf)) return;\n",
+                            p[0], p[1], p[2], p[3], p[4], (double)v->f[0]);
         mpk_sbuf_printf(b, "    mpk_rmsnorm_linear_cuda(" OP(CBF, 0) " + (int64_t)r0 * %d, " OP(CBF, 1) ", "
                         OP(CBF, 2) ", " OP(BF, 3) " + (int64_t)r0 * %d, r1 - r0, %d, %d, %d, %d, %d, %.9gf, "
                         "mpk_decode_rows(nd, r0, r1), %s);\n",
