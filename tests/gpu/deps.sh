@@ -1,8 +1,9 @@
 #!/bin/sh
 # deps.sh — run HERE (the development machine), not on the GPU machine: copies the headers and
 # shared libraries of libmpk's dependencies (cJSON, PCRE2, utf8proc), which the GPU machine's image
-# lacks, into build/gpudeps, and prebuilds the test megakernels into build/gpucache. Then carry
-# both: run(command="sh tests/gpu/run.sh", carry=["build/gpudeps", "build/gpucache"]).
+# lacks, into build/gpudeps, and prebuilds the test megakernels into build/gpucache, packed into
+# build/gpucache.tgz. Then carry those two:
+#   run(command="sh tests/gpu/run.sh", carry=["build/gpudeps", "build/gpucache.tgz"]).
 set -eu
 D=build/gpudeps
 mkdir -p $D/include $D/lib
@@ -33,4 +34,7 @@ done
             --batch-tokens 32 --ctx 64 > /dev/null 2>&1 || echo "prebuild e2e $f failed"
     done
 done
-du -sh $D build/gpucache
+# Packed for the device call (carry build/gpudeps and build/gpucache.tgz; env.sh unpacks it): the
+# kernels' .so files only (the generated .cu sources stay here).
+tar czf build/gpucache.tgz -C build/gpucache --exclude='*.cu' .
+du -sh $D build/gpucache build/gpucache.tgz

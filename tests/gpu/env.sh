@@ -6,6 +6,11 @@
 OUT=${OUT:-build/gpu-out}
 mkdir -p "$OUT"
 export MPK_CACHE_DIR="${MPK_CACHE_DIR:-$PWD/build/gpucache}"
+# The prebuilt kernels travel packed (build/gpucache.tgz, ~4x smaller than the 60-80 MB of .so
+# files, which would exceed what one device call carries): unpack them once.
+if [ -f build/gpucache.tgz ] && { [ ! -e "$MPK_CACHE_DIR/.unpacked" ] || [ build/gpucache.tgz -nt "$MPK_CACHE_DIR/.unpacked" ]; }; then
+    mkdir -p "$MPK_CACHE_DIR" && tar xzf build/gpucache.tgz -C "$MPK_CACHE_DIR" && touch "$MPK_CACHE_DIR/.unpacked"
+fi
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 DEPS=""
 if [ -d build/gpudeps ]; then

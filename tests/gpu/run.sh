@@ -8,7 +8,7 @@
 # The GPU machine's image lacks cJSON, PCRE2, utf8proc and Criterion: first run
 # `sh tests/gpu/deps.sh` on the development machine (copies the first three into build/gpudeps
 # and prebuilds the test megakernels into build/gpucache, so nvcc is skipped here), then
-#   run(command="sh tests/gpu/run.sh", carry=["build/gpudeps", "build/gpucache"]).
+#   run(command="sh tests/gpu/run.sh", carry=["build/gpudeps", "build/gpucache.tgz"]).
 # Without Criterion the unit-test binary is skipped and only the library is built.
 set -u
 # On the device tool's machine ($OUT set) objects kept from an earlier call may predate the
