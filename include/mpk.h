@@ -293,9 +293,10 @@ mpk_status mpk_silu_mul_linear_with_residual_layer(mpk_kernel *kernel, const mpk
 mpk_status mpk_allreduce_layer(mpk_kernel *kernel, const mpk_tensor *input, mpk_tensor *output,
                                mpk_dim3 grid, mpk_dim3 block, const char *name);
 
-// output_ids[t] = argmax over the vocabulary of logits[t, :] (lowest index on ties).
-// logits (T, V) bf16, output_ids (T) i32. grid.x splits the vocabulary into partial maxima that
-// one reduce task per row block combines; grid.y splits rows.
+// output_ids[t] = argmax over the vocabulary of logits[t, :] (lowest index on ties), for the rows
+// whose tokens an iteration samples (as the sampling layer: every decode row, a prompt's last row;
+// the others are unspecified). logits (T, V) bf16, output_ids (T) i32. grid.x splits the
+// vocabulary into partial maxima that one reduce task per row block combines; grid.y splits rows.
 mpk_status mpk_argmax_layer(mpk_kernel *kernel, const mpk_tensor *logits, mpk_tensor *output_ids,
                             mpk_dim3 grid, mpk_dim3 block, const char *name);
 

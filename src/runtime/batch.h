@@ -117,6 +117,26 @@ static inline MPK_HD int32_t mpk_batch_sampled_rows(const mpk_batch *b, int32_t 
     return n;
 }
 
+// The next run of consecutive sampled rows in [*lo, hi): its first row into *start and its length
+// returned (0 when none is left); *lo moves past it. The decode rows make one run, a prompt's
+// last row a run of its own.
+static inline MPK_HD int32_t mpk_batch_next_sampled_run(const mpk_batch *b, int32_t *lo, int32_t hi,
+                                                        int32_t *start) {
+    const int32_t *rb = MPK_BATCH_CARRAY(b, off_entry_row_begin, int32_t);
+    const int32_t *smp = MPK_BATCH_CARRAY(b, off_entry_sample, int32_t);
+    int32_t first = -1, n = 0;
+    for (int32_t e = 0; e < b->num_entries; e++) {  // (entries are in row order)
+        const int32_t r = rb[e + 1] - 1;
+        if (!smp[e] || r < *lo || r >= hi) continue;
+        if (first < 0) first = r;
+        else if (r != first + n) break;
+        n++;
+    }
+    *start = first;
+    *lo = n > 0 ? first + n : hi;
+    return n;
+}
+
 // Fills the header's capacities and offsets. Returns the blob size in bytes, or 0 when the
 // capacities are impossible. With b == NULL it only computes the size.
 static inline MPK_HD uint32_t mpk_batch_layout(mpk_batch *b, int32_t max_tokens, int32_t max_requests,

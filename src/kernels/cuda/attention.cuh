@@ -119,6 +119,14 @@ MPK_DEV int64_t mpk_attn_cache_offset(const mpk_batch *b, const int32_t *page_ta
 #ifndef MPK_ATTN_LONG_CHUNK
 #define MPK_ATTN_LONG_CHUNK 64
 #endif
+// The prompt kernel's round (its translation unit, runtime.cuh: MPK_KERNEL_PART 2), for every
+// chunk: a prompt chunk's rows attend row after row, each to all earlier positions, so their
+// rounds are a chain of round trips per row; their registers no longer cost decode, which has a
+// kernel of its own. The rounds group loads only: scores and softmax updates go position by
+// position, so every round size gives the same values.
+#ifndef MPK_ATTN_ROUND_PROMPT
+#define MPK_ATTN_ROUND_PROMPT 4
+#endif
 
 // The decode fast path of mpk_attn_row for G <= 4 heads and D = 32 * ND: each warp takes one
 // chunk of positions for all G heads at once (a key and value row is loaded once for the group),
@@ -220,6 +228,12 @@ MPK_DEV void mpk_attn_chunk(const float *qs, const mpk_bf16 *k_cache, const mpk_
                             const mpk_batch *b, const int32_t *pt, int32_t t0, int32_t t1, int32_t G,
                             int32_t D, int32_t page_size, int64_t page_stride, float scale, float *unit,
                             const mpk_bf16 *kvs) {
+#if defined(MPK_KERNEL_PART) && MPK_KERNEL_PART == 2
+    if (MPK_ATTN_ROUND_PROMPT != MPK_ATTN_ROUND) {
+        mpk_attn_chunk_grouped<ND, MPK_ATTN_ROUND_PROMPT>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
+        return;
+    }
+#endif
     if (MPK_ATTN_ROUND_LONG != MPK_ATTN_ROUND && t1 - t0 >= MPK_ATTN_LONG_CHUNK)
         mpk_attn_chunk_grouped<ND, MPK_ATTN_ROUND_LONG>(qs, k_cache, v_cache, b, pt, t0, t1, G, D, page_size, page_stride, scale, unit, kvs);
     else

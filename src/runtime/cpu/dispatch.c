@@ -24,19 +24,10 @@ void mpk_cpu_run_task(const mpk_task_desc *d, const mpk_variant *v, const mpk_ba
         break;
     case MPK_TASK_RMSNORM_LINEAR:
         if (p[5]) {  // only the sampled rows, in runs of consecutive rows (the decode rows are one)
-            int32_t sr[64];
-            for (int32_t lo = r0; lo < r1;) {
-                const int32_t n = mpk_batch_sampled_rows(b, lo, r1, sr, 64), m = n < 64 ? n : 64;
-                for (int32_t i = 0; i < m;) {
-                    int32_t j = i + 1;
-                    while (j < m && sr[j] == sr[j - 1] + 1) j++;
-                    mpk_rmsnorm_linear_cpu(PTR(const mpk_bf16, 0) + (int64_t)sr[i] * p[2], PTR(const mpk_bf16, 1),
-                                           PTR(const mpk_bf16, 2), PTR(mpk_bf16, 3) + (int64_t)sr[i] * p[4], j - i,
-                                           p[0], p[1], p[2], p[3], p[4], v->f[0]);
-                    i = j;
-                }
-                lo = n > 64 ? sr[63] + 1 : r1;
-            }
+            for (int32_t lo = r0, s, n; (n = mpk_batch_next_sampled_run(b, &lo, r1, &s)) > 0;)
+                mpk_rmsnorm_linear_cpu(PTR(const mpk_bf16, 0) + (int64_t)s * p[2], PTR(const mpk_bf16, 1),
+                                       PTR(const mpk_bf16, 2), PTR(mpk_bf16, 3) + (int64_t)s * p[4], n, p[0],
+                                       p[1], p[2], p[3], p[4], v->f[0]);
             break;
         }
         mpk_rmsnorm_linear_cpu(PTR(const mpk_bf16, 0) + (int64_t)r0 * p[2], PTR(const mpk_bf16, 1),
@@ -102,15 +93,15 @@ void mpk_cpu_run_task(const mpk_task_desc *d, const mpk_variant *v, const mpk_ba
         mpk_allreduce_cpu(PTR(const mpk_bf16, 0) + (int64_t)r0 * p[1],
                           PTR(mpk_bf16, 1) + (int64_t)r0 * p[2], rows, p[0], p[1], p[2]);
         break;
-    case MPK_TASK_ARGMAX_PARTIAL:
-        mpk_argmax_partial_cpu(PTR(const mpk_bf16, 0) + (int64_t)r0 * p[1],
-                               PTR(float, 1) + (int64_t)r0 * p[2], PTR(int32_t, 2) + (int64_t)r0 * p[2],
-                               rows, p[0], p[1], p[2], d->iparam[0]);
+    case MPK_TASK_ARGMAX_PARTIAL:  // the sampled rows only (as sampling): a prompt's last row
+        for (int32_t lo = r0, s, n; (n = mpk_batch_next_sampled_run(b, &lo, r1, &s)) > 0;)
+            mpk_argmax_partial_cpu(PTR(const mpk_bf16, 0) + (int64_t)s * p[1], PTR(float, 1) + (int64_t)s * p[2],
+                                   PTR(int32_t, 2) + (int64_t)s * p[2], n, p[0], p[1], p[2], d->iparam[0]);
         break;
     case MPK_TASK_ARGMAX_REDUCE:
-        mpk_argmax_reduce_cpu(PTR(const float, 0) + (int64_t)r0 * p[1],
-                              PTR(const int32_t, 1) + (int64_t)r0 * p[1], PTR(int32_t, 2) + r0, rows,
-                              p[0], p[1]);
+        for (int32_t lo = r0, s, n; (n = mpk_batch_next_sampled_run(b, &lo, r1, &s)) > 0;)
+            mpk_argmax_reduce_cpu(PTR(const float, 0) + (int64_t)s * p[1], PTR(const int32_t, 1) + (int64_t)s * p[1],
+                                  PTR(int32_t, 2) + s, n, p[0], p[1]);
         break;
     case MPK_TASK_SAMPLING:
         // The kernel indexes rows itself (it needs each row's request); pass the base pointers.

@@ -157,7 +157,7 @@ typedef struct mpk_dev_args {
     // each one ahead of time; launch j > 0 leaves at once unless the run was handed to it, else
     // begins the iteration its predecessor prepared.
     int32_t prompt_kernel;   // 1: this launch is the prompt kernel's
-    int32_t launch_index;    // j: the run's launches before this one
+    int32_t launch_index;    // j: the run's launches before this one (-1: a warm-up that leaves)
 } mpk_dev_args;
 
 #endif  // MPK_RUNTIME_CUDA_ABI_CUH

@@ -405,6 +405,22 @@ static mpk_status upload_graph(mpk_kernel *k) {
     return MPK_OK;
 }
 
+// Launches both kernels once with nothing to do (launch_index -1: every block leaves at once), so
+// that CUDA's lazy module loading happens now and not at a run's first hand-over, where it cost
+// ~1 ms between the prompt and the decode kernel (bench/NOTES.md v15).
+static mpk_status warm_up(mpk_kernel *k) {
+    cuda_state *s = state_of(k);
+    mpk_dev_args a = s->args;
+    a.launch_index = -1;
+    for (int prompt = 0; prompt < 2; prompt++) {
+        a.prompt_kernel = prompt;
+        int blocks = 0;
+        DEV(s->api.launch(&a, &blocks), "warm-up launch");
+    }
+    DEV(s->api.sync(), "warm-up launch");
+    return MPK_OK;
+}
+
 // Counters, queues, control block, status slots, profile buffers, the batch blob, abort flag.
 static mpk_status alloc_runtime(mpk_kernel *k) {
     cuda_state *s = state_of(k);
@@ -449,7 +465,7 @@ static mpk_status alloc_runtime(mpk_kernel *k) {
     DEV(s->api.host_alloc(&s->abort_host, &dev_alias, 64), "the abort flag");
     a->abort_flag = dev_alias;
     a->host_handovers = (int32_t *)dev_alias + 1;
-    return MPK_OK;
+    return warm_up(k);
 }
 
 static mpk_status cuda_load(mpk_kernel *k) {

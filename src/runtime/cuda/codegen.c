@@ -218,15 +218,18 @@ static mpk_status emit_variant_body(mpk_kernel *k, mpk_sbuf *b, int32_t id, cons
                         p[1], p[2], p[0], p[1], p[2]);
         break;
     case MPK_TASK_ARGMAX_PARTIAL:  // logits, part_val, part_idx | n, ld_logits, ld_part; iparam0
-        mpk_sbuf_printf(b, "    mpk_argmax_partial_cuda(" OP(CBF, 0) " + (int64_t)r0 * %d, " OP("float", 1)
-                        " + (int64_t)r0 * %d, " OP("int32_t", 2) " + (int64_t)r0 * %d, r1 - r0, %d, %d, %d, "
+        // The sampled rows only (batch.h), as sampling: a prompt's other rows have no logits.
+        mpk_sbuf_printf(b, "    for (int32_t lo = r0, s, n; (n = mpk_batch_next_sampled_run(b, &lo, r1, &s)) > 0;)\n"
+                        "        mpk_argmax_partial_cuda(" OP(CBF, 0) " + (int64_t)s * %d, " OP("float", 1)
+                        " + (int64_t)s * %d, " OP("int32_t", 2) " + (int64_t)s * %d, n, %d, %d, %d, "
                         "d.iparam[0]);\n",
                         p[1], p[2], p[2], p[0], p[1], p[2]);
         break;
     case MPK_TASK_ARGMAX_REDUCE:  // part_val, part_idx, out | P, ld_part
-        mpk_sbuf_printf(b, "    mpk_argmax_reduce_cuda(" OP("const float", 0) " + (int64_t)r0 * %d, "
-                        OP("const int32_t", 1) " + (int64_t)r0 * %d, " OP("int32_t", 2)
-                        " + r0, r1 - r0, %d, %d);\n",
+        mpk_sbuf_printf(b, "    for (int32_t lo = r0, s, n; (n = mpk_batch_next_sampled_run(b, &lo, r1, &s)) > 0;)\n"
+                        "        mpk_argmax_reduce_cuda(" OP("const float", 0) " + (int64_t)s * %d, "
+                        OP("const int32_t", 1) " + (int64_t)s * %d, " OP("int32_t", 2)
+                        " + s, n, %d, %d);\n",
                         p[1], p[1], p[0], p[1]);
         break;
     case MPK_TASK_SAMPLING:  // logits, out | V, ld_logits; reserved[0]: the task's sort scratch

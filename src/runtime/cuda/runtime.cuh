@@ -519,6 +519,7 @@ __global__ void __launch_bounds__(MPK_BLOCK_THREADS, 1) mpk_megakernel(const __g
     // the launch before) leaves at once; the count is the finished launches', so every thread
     // reads the same.
     if (a.launch_index > 0 && *(volatile int32_t *)&a.control->handovers != a.launch_index) return;
+    if (a.launch_index < 0) return;  // the warm-up launch at load (backend.c: warm_up)
     const bool prof = a.profiling != 0;
     __shared__ mpk_worker_shared sh;
     const int32_t blk = (int32_t)blockIdx.x;
