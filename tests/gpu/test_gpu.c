@@ -110,6 +110,7 @@ typedef struct gcase {
     mpk_status (*build)(mpk_kernel *k, struct gcase *c, mpk_tensor **in);
     int32_t cfg[10];           // builder parameters
     int32_t want_iterations[2];  // when set: the run's iterations and prefill iterations
+    int32_t want_handovers;      // the GPU run's passes between the prompt and decode kernels
 } gcase;
 
 static host_buf *add_input(gcase *c, const char *name, int ndim, const int64_t *dims, mpk_dtype dt, float scale) {
@@ -145,6 +146,8 @@ typedef struct run_out {
     int32_t ntok[4];
     double seconds;
     int32_t iterations, prefill_iterations;  // of the run (mpk_run_get_stats)
+    int32_t handovers;
+    double handover_seconds;
 } run_out;
 
 static void free_out(run_out *o) {
@@ -199,6 +202,8 @@ static mpk_status run_once(mpk_kernel *k, const gcase *c, run_out *o) {
     mpk_run_get_stats(k, &rs);
     o->iterations = rs.iterations;
     o->prefill_iterations = rs.prefill_iterations;
+    o->handovers = rs.handovers;
+    o->handover_seconds = rs.handover_seconds;
     for (int i = 0; i < c->nout; i++) {
         mpk_tensor *t;
         mpk_tensor_find(k, c->outputs[i], &t);
@@ -612,6 +617,7 @@ static void turns_case(gcase *c) {
     c->prompts[1] = (prompt_spec){20, 3, 0, 0, 1};
     c->want_iterations[0] = 5;  // prefill, decode, prefill, decode, decode
     c->want_iterations[1] = 2;
+    c->want_handovers = 3;
 }
 
 // The attention split over positions (task.h): one request of a 230-token prompt generating 10,
@@ -712,6 +718,14 @@ static void run_case(gcase *c, const char *label, int workers, int schedulers, i
             int ok = worst <= tol && !bad_sent && !nans && !nondet;
             record(nm, ok, "err %.1e (tol %.0e) sentinel %d nan %d nondet %d", worst, tol, bad_sent, nans, nondet);
         }
+    }
+    if (c->want_handovers) {  // each hand-over counted and timed by the device, the CPU has none
+        char hname[80];
+        snprintf(hname, sizeof hname, "%s hand-overs", name);
+        const int ok = o1.handovers == c->want_handovers && o2.handovers == c->want_handovers &&
+                       oc.handovers == 0 && o1.handover_seconds > 0 && o1.handover_seconds < 1.0;
+        record(hname, ok, "%d and %d (want %d), %.1f us each", o1.handovers, o2.handovers, c->want_handovers,
+               o1.handovers > 0 ? 1e6 * o1.handover_seconds / o1.handovers : 0.0);
     }
     char tname[80];
     snprintf(tname, sizeof tname, "%s tokens", name);
