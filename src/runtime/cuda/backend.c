@@ -526,19 +526,40 @@ static void sleep_us(long us) {
 }
 
 // After an aborted launch: which worker waits on which event, from the device's status slots.
-static mpk_status report_timeout(mpk_kernel *k, double waited, int exited) {
+// The device's state at a timeout, read while the launch still hangs (before the abort: the
+// launch queued behind it would reset the counters once it ends).
+typedef struct stall_state {
+    mpk_dev_worker_status *ws;  // (num_workers)
+    unsigned long long *ctr;    // (num_events, MPK_DEV_COUNTER_STRIDE)
+    mpk_dev_control c;
+    int ok;
+} stall_state;
+
+static void stall_snapshot(mpk_kernel *k, stall_state *ss) {
     cuda_state *s = state_of(k);
     const mpk_dev_args *a = &s->args;
-    if (!exited)
+    const int32_t W = a->num_workers, E = a->num_events;
+    ss->ws = calloc((size_t)W, sizeof *ss->ws);
+    ss->ctr = calloc((size_t)E * MPK_DEV_COUNTER_STRIDE, sizeof *ss->ctr);
+    ss->ok = ss->ws && ss->ctr && !s->api.d2h(ss->ws, a->worker_status, sizeof *ss->ws * (size_t)W) &&
+             !s->api.d2h(ss->ctr, a->counters, sizeof *ss->ctr * (size_t)E * MPK_DEV_COUNTER_STRIDE) &&
+             !s->api.d2h(&ss->c, a->control, sizeof ss->c);
+}
+
+static mpk_status report_timeout(mpk_kernel *k, double waited, int exited, stall_state *ss) {
+    cuda_state *s = state_of(k);
+    const mpk_dev_args *a = &s->args;
+    mpk_dev_worker_status *ws = ss->ws;
+    unsigned long long *ctr = ss->ctr;
+    const mpk_dev_control c = ss->c;
+    if (!exited) {
+        free(ws);
+        free(ctr);
         return mpk_fail(k, MPK_ERR_TIMEOUT, "CUDA backend: timeout after %.1f s, and the kernel did not "
                         "stop when aborted: the GPU context is unusable", waited);
-    int32_t W = a->num_workers, E = a->num_events;
-    mpk_dev_worker_status *ws = calloc((size_t)W, sizeof *ws);
-    unsigned long long *ctr = calloc((size_t)E * MPK_DEV_COUNTER_STRIDE, sizeof *ctr);
-    mpk_dev_control c;
-    if (!ws || !ctr || s->api.d2h(ws, a->worker_status, sizeof *ws * (size_t)W) ||
-        s->api.d2h(ctr, a->counters, sizeof *ctr * (size_t)E * MPK_DEV_COUNTER_STRIDE) ||
-        s->api.d2h(&c, a->control, sizeof c)) {
+    }
+    const int32_t W = a->num_workers, E = a->num_events;
+    if (!ss->ok) {
         free(ws);
         free(ctr);
         return mpk_fail(k, MPK_ERR_TIMEOUT, "CUDA backend: timeout after %.1f s (state unreadable)", waited);
@@ -663,6 +684,8 @@ static mpk_status launch_and_wait(mpk_kernel *k, double t0, mpk_token_fn on_toke
         }
         double waited = now_s() - t0;
         if (timeout > 0 && waited > timeout) {
+            stall_state ss;
+            stall_snapshot(k, &ss);
             *(volatile int32_t *)s->abort_host = MPK_DEV_ABORT_HOST;
             double t1 = now_s();
             int exited = 0;
@@ -671,7 +694,7 @@ static mpk_status launch_and_wait(mpk_kernel *k, double t0, mpk_token_fn on_toke
                 if (rc || exited) break;
                 sleep_us(1000);
             }
-            return report_timeout(k, waited, exited);
+            return report_timeout(k, waited, exited, &ss);
         }
         sleep_us(nap);
         if (nap < 500) nap *= 2;
