@@ -767,17 +767,24 @@ Test(model, grid_choice) {
     cr_expect_eq(mpk_build_argmax_grid(151936, 16), 16);
 }
 
-static mpk_kernel *cpu_kernel(int32_t workers, int32_t T, int32_t seq) {
+// A CPU kernel of `requests` request slots, T rows per iteration, contexts up to seq.
+static mpk_kernel *cpu_kernel_requests(int32_t workers, int32_t T, int32_t seq, int32_t requests) {
     mpk_kernel_params p = mpk_kernel_default_params();
     p.backend = MPK_BACKEND_CPU;
     p.num_workers = workers;
     p.max_batched_tokens = T;
     p.max_seq_len = seq;
     p.page_size = 16;
+    p.max_requests = requests;
     mpk_kernel *k = NULL;
     cr_assert_eq(mpk_kernel_create(&p, &k), MPK_OK);
     return k;
 }
+
+static mpk_kernel *cpu_kernel(int32_t workers, int32_t T, int32_t seq) {
+    return cpu_kernel_requests(workers, T, seq, mpk_kernel_default_params().max_requests);
+}
+
 
 // One request of `len` prompt tokens generating up to max_new, run to the end: its tokens.
 static void generate(mpk_kernel *k, const int32_t *prompt, int32_t len, int32_t max_new,
@@ -868,6 +875,17 @@ static mpk_model *tiny_random_model(mpk_model_config *c, int32_t layers, uint64_
     char err[256] = "";
     cr_assert_eq(mpk_model_create_random(c, seed, &m, err, sizeof err), MPK_OK, "%s", err);
     return m;
+}
+
+// mpk_model_build refuses the options with MPK_ERR_INVALID_ARG and names `field` in its message.
+static void expect_build_rejects(const mpk_build_options *o, const char *field) {
+    mpk_model_config c;
+    mpk_model *m = tiny_random_model(&c, 0, 3);
+    mpk_kernel *k = cpu_kernel(2, 4, 32);
+    cr_expect_eq(mpk_model_build(m, k, o), MPK_ERR_INVALID_ARG);
+    cr_expect(strstr(mpk_last_error(k), field) != NULL, "%s", mpk_last_error(k));
+    mpk_kernel_free(k);
+    mpk_model_free(m);
 }
 
 Test(model, build_rejects_null_and_compiled) {
@@ -962,15 +980,7 @@ Test(model, attention_output_fused_matches_separate) {
 static void run_logits_rows(int32_t logits, int32_t *toks_out, uint16_t *lg_out, int64_t *V_out) {
     mpk_model_config c;
     mpk_model *m = tiny_random_model(&c, 3, 5);
-    mpk_kernel_params p = mpk_kernel_default_params();
-    p.backend = MPK_BACKEND_CPU;
-    p.num_workers = 3;
-    p.max_batched_tokens = 8;
-    p.max_seq_len = 32;
-    p.page_size = 16;
-    p.max_requests = 2;
-    mpk_kernel *k = NULL;
-    cr_assert_eq(mpk_kernel_create(&p, &k), MPK_OK);
+    mpk_kernel *k = cpu_kernel_requests(3, 8, 32, 2);
     mpk_build_options o = mpk_build_default_options();
     o.logits = logits;
     cr_assert_eq(mpk_model_build(m, k, &o), MPK_OK, "%s", mpk_last_error(k));
@@ -1035,13 +1045,7 @@ Test(model, lm_head_sampled_rows) {
     // A bad value is named.
     mpk_build_options o = mpk_build_default_options();
     o.logits = 5;
-    mpk_model_config c;
-    mpk_model *m = tiny_random_model(&c, 0, 3);
-    mpk_kernel *k = cpu_kernel(2, 4, 32);
-    cr_expect_eq(mpk_model_build(m, k, &o), MPK_ERR_INVALID_ARG);
-    cr_expect(strstr(mpk_last_error(k), "logits") != NULL, "%s", mpk_last_error(k));
-    mpk_kernel_free(k);
-    mpk_model_free(m);
+    expect_build_rejects(&o, "logits");
 }
 
 // The attention split over positions (flash-decoding) against the whole attention, on the CPU
@@ -1170,15 +1174,12 @@ Test(model, attention_output_auto_by_context) {
 
 // Impossible split counts are refused by name.
 Test(model, attention_splits_rejects) {
+    mpk_build_options o = mpk_build_default_options();
+    o.attention_splits = 65;
+    expect_build_rejects(&o, "attention_splits");
     mpk_model_config c;
     mpk_model *m = tiny_random_model(&c, 0, 11);
     mpk_kernel *k = cpu_kernel(2, 64, 64);
-    mpk_build_options o = mpk_build_default_options();
-    o.attention_splits = 65;
-    cr_expect_eq(mpk_model_build(m, k, &o), MPK_ERR_INVALID_ARG);
-    cr_expect(strstr(mpk_last_error(k), "attention_splits") != NULL, "%s", mpk_last_error(k));
-    mpk_kernel_free(k);
-    k = cpu_kernel(2, 64, 64);
     o = mpk_build_default_options();
     o.attention_output = MPK_ATTN_OUT_SEPARATE;
     o.attention_splits = 4;
@@ -1234,12 +1235,6 @@ Test(model, attention_linear_rejects) {
                                                    (mpk_dim3){0, 0, 0}, "gu"), MPK_OK, "%s", mpk_last_error(k));
     mpk_build_options o = mpk_build_default_options();
     o.attention_output = 7;
-    mpk_model_config c;
-    mpk_model *m = tiny_random_model(&c, 0, 3);
-    mpk_kernel *k2 = cpu_kernel(2, 4, 32);
-    cr_expect_eq(mpk_model_build(m, k2, &o), MPK_ERR_INVALID_ARG);
-    cr_expect(strstr(mpk_last_error(k2), "attention_output") != NULL, "%s", mpk_last_error(k2));
-    mpk_kernel_free(k2);
-    mpk_model_free(m);
+    expect_build_rejects(&o, "attention_output");
     mpk_kernel_free(k);
 }
