@@ -479,10 +479,10 @@ Test(core, batch_decode_rows_first) {
     cr_expect_eq(b->num_tokens, 8);
     // The rows whose tokens are sampled (the LM head's and argmax's rows): request 0's last
     // prompt row only; request 1's chunk is not its prompt's end.
-    int32_t sr[4] = {-1, -1, -1, -1}, lo = 0, start = -1;
-    cr_expect_eq(mpk_batch_sampled_rows(b, 0, 8, sr, 4), 1);
-    cr_expect_eq(sr[0], 2);
-    cr_expect_eq(mpk_batch_sampled_rows(b, 3, 8, sr, 4), 0);
+    int32_t lo = 3, start = -1;
+    cr_expect_eq(mpk_batch_next_sampled_run(b, &lo, 8, &start), 0);  // (none from row 3 on)
+    cr_expect_eq(lo, 8);
+    lo = 0;
     cr_expect_eq(mpk_batch_next_sampled_run(b, &lo, 8, &start), 1);
     cr_expect_eq(start, 2);
     cr_expect_eq(lo, 3);
@@ -504,15 +504,17 @@ Test(core, batch_decode_rows_first) {
     cr_expect_eq(mpk_batch_row_pos(b)[2], 0);
     cr_expect_eq(mpk_batch_entry_slot(b)[mpk_batch_row_entry(b)[2]], 2);
     cr_expect_eq(b->iter_prompt_tokens, 2);
-    // Every row samples: one run of 3, or of 2 from row 1; a cap of 2 still counts all 3.
+    // Every row samples: one run of 3, of 2 from row 1, of 2 below row 2.
     lo = 0;
     cr_expect_eq(mpk_batch_next_sampled_run(b, &lo, 3, &start), 3);
     cr_expect_eq(start, 0);
+    cr_expect_eq(lo, 3);
     lo = 1;
     cr_expect_eq(mpk_batch_next_sampled_run(b, &lo, 3, &start), 2);
     cr_expect_eq(start, 1);
-    cr_expect_eq(mpk_batch_sampled_rows(b, 0, 3, sr, 2), 3);
-    cr_expect(sr[0] == 0 && sr[1] == 1 && sr[2] == -1, "rows %d %d, and %d past the cap", sr[0], sr[1], sr[2]);
+    lo = 0;
+    cr_expect_eq(mpk_batch_next_sampled_run(b, &lo, 2, &start), 2);
+    cr_expect_eq(start, 0);
     // Iteration 4: all three decode.
     cr_assert_eq(mpk_batch_prepare(b, tokens, step, out_ids, in_ids), MPK_BATCH_RUNNING);
     cr_expect_eq(b->decode_rows, 3);

@@ -99,27 +99,11 @@ static inline MPK_HD mpk_request_state *mpk_batch_requests(mpk_batch *b) { retur
 
 static inline MPK_HD uint32_t mpk_batch_align8(uint32_t x) { return (x + 7u) & ~7u; }
 
-// The rows of [lo, hi) whose tokens this iteration samples (the last row of each entry that
-// samples: every decode row, a prompt's last row), ascending: the first `cap` into rows[]; returns
-// how many there are (may exceed cap). The LM head computes only these
-// (mpk_rmsnorm_linear_sampled_layer).
-static inline MPK_HD int32_t mpk_batch_sampled_rows(const mpk_batch *b, int32_t lo, int32_t hi,
-                                                    int32_t *rows, int32_t cap) {
-    const int32_t *rb = MPK_BATCH_CARRAY(b, off_entry_row_begin, int32_t);
-    const int32_t *smp = MPK_BATCH_CARRAY(b, off_entry_sample, int32_t);
-    int32_t n = 0;
-    for (int32_t e = 0; e < b->num_entries; e++) {
-        const int32_t r = rb[e + 1] - 1;
-        if (!smp[e] || r < lo || r >= hi) continue;
-        if (n < cap) rows[n] = r;
-        n++;
-    }
-    return n;
-}
-
-// The next run of consecutive sampled rows in [*lo, hi): its first row into *start and its length
-// returned (0 when none is left); *lo moves past it. The decode rows make one run, a prompt's
-// last row a run of its own.
+// The rows whose tokens this iteration samples (the last row of each entry that samples: every
+// decode row, a prompt's last row) are the only ones the LM head and argmax compute
+// (mpk_rmsnorm_linear_sampled_layer). This walks them in runs of consecutive rows: the next run in
+// [*lo, hi), its first row into *start and its length returned (0 when none is left); *lo moves
+// past it. The decode rows make one run, a prompt's last row a run of its own.
 static inline MPK_HD int32_t mpk_batch_next_sampled_run(const mpk_batch *b, int32_t *lo, int32_t hi,
                                                         int32_t *start) {
     const int32_t *rb = MPK_BATCH_CARRAY(b, off_entry_row_begin, int32_t);

@@ -739,9 +739,10 @@ MPK_DEV void mpk_rmsnorm_linear_cuda(const mpk_bf16 *x, const mpk_bf16 *norm_w, 
 }
 
 // Prompt rows of a sampled-rows-only RMSNORM_LINEAR (the LM head, mpk_rmsnorm_linear_sampled_layer):
-// the rows of [lo, hi) whose tokens are sampled, one GEMV pass each (a prompt chunk has one, or
-// none), when there are at most MPK_SAMPLED_GEMV_ROWS; returns false when there are more, and
-// the caller computes every prompt row on the tensor cores instead. x and out point at row 0.
+// the rows of [lo, hi) whose tokens are sampled, by the GEMV, one weight pass per run of
+// consecutive rows (a prompt chunk has one row, or none), when there are at most
+// MPK_SAMPLED_GEMV_ROWS of them; returns false when there are more, and the caller computes every
+// prompt row on the tensor cores instead. x and out point at row 0.
 #ifndef MPK_SAMPLED_GEMV_ROWS
 #define MPK_SAMPLED_GEMV_ROWS 8
 #endif
@@ -750,12 +751,12 @@ static __device__ __noinline__ bool mpk_rmsnorm_linear_sampled_cuda(const mpk_ba
                                              const mpk_bf16 *norm_w, const mpk_bf16 *w, mpk_bf16 *out,
                                              int32_t K, int32_t n, int32_t ld_x, int32_t ld_w,
                                              int32_t ld_out, float eps) {
-    int32_t sr[MPK_SAMPLED_GEMV_ROWS];
-    const int32_t ns = mpk_batch_sampled_rows(b, lo, hi, sr, MPK_SAMPLED_GEMV_ROWS);
-    if (ns > MPK_SAMPLED_GEMV_ROWS) return false;
-    for (int32_t i = 0; i < ns; i++)
-        mpk_rmsnorm_linear_cuda(x + (int64_t)sr[i] * ld_x, norm_w, w, out + (int64_t)sr[i] * ld_out, 1, K, n,
-                                ld_x, ld_w, ld_out, eps, 1, false);
+    int32_t rows = 0;
+    for (int32_t l = lo, s, m; (m = mpk_batch_next_sampled_run(b, &l, hi, &s)) > 0;) rows += m;
+    if (rows > MPK_SAMPLED_GEMV_ROWS) return false;
+    for (int32_t l = lo, s, m; (m = mpk_batch_next_sampled_run(b, &l, hi, &s)) > 0;)
+        mpk_rmsnorm_linear_cuda(x + (int64_t)s * ld_x, norm_w, w, out + (int64_t)s * ld_out, m, K, n, ld_x, ld_w,
+                                ld_out, eps, m, false);
     return true;
 }
 
