@@ -403,6 +403,70 @@ Test(core, random_graphs_checker_and_reduction) {
     }
 }
 
+// The block of interchangeable tasks the compiler gives each product layer (compile.c:
+// mark_tile_blocks, iparam[1]; the GPU's prompt kernel tiles by it): the largest power of two B
+// such that every consumer depends on whole aligned blocks of B tasks and the tasks of a block
+// wait for the same event; iparam[2] is the task's index in its layer.
+static int32_t layer_tile_block(const mpk_kernel *k, const char *name, int32_t *tasks) {
+    int32_t li = -1, b = -1;
+    for (int32_t i = 0; i < k->num_layers; i++)
+        if (strcmp(k->layers[i].name, name) == 0) li = i;
+    cr_assert_geq(li, 0, "layer %s", name);
+    *tasks = 0;
+    for (int32_t t = 0; t < k->graph.num_tasks; t++) {
+        const mpk_task_desc *d = &k->graph.tasks[t];
+        if ((int32_t)d->layer != li) continue;
+        if (b < 0) b = d->iparam[1];
+        cr_expect_eq(d->iparam[1], b, "%s: every task has the same block", name);
+        if (b >= 2) cr_expect_lt(d->iparam[2], k->layers[li].num_tasks);
+        (*tasks)++;
+    }
+    return b;
+}
+
+Test(core, tile_blocks) {
+    mpk_kernel_params p = small_params(2, 1, 0);
+    mpk_kernel *k = new_kernel(&p);
+    mpk_tensor *x, *y, *z, *s, *u, *o;
+    mpk_bf16 *wy = rand_bf16(32 * 16, 0.1, 0), *wz = rand_bf16(8 * 32, 0.1, 0), *wu = rand_bf16(16 * 16, 0.1, 0);
+    mpk_bf16 *wo = rand_bf16(16 * 16, 0.1, 0);
+    mpk_tensor *Wy, *Wz, *Wu, *Wo;
+    OK(k, mpk_new_tensor(k, 2, (int64_t[]){6, 16}, MPK_BF16, "x", MPK_IO_DEVICE, &x));
+    OK(k, mpk_new_tensor(k, 2, (int64_t[]){6, 32}, MPK_BF16, "y", MPK_IO_DEVICE, &y));
+    OK(k, mpk_new_tensor(k, 2, (int64_t[]){6, 8}, MPK_BF16, "z", MPK_IO_DEVICE, &z));
+    OK(k, mpk_new_tensor(k, 2, (int64_t[]){6, 16}, MPK_BF16, "s", MPK_IO_DEVICE, &s));
+    OK(k, mpk_new_tensor(k, 2, (int64_t[]){6, 16}, MPK_BF16, "u", MPK_IO_DEVICE, &u));
+    OK(k, mpk_new_tensor(k, 2, (int64_t[]){6, 16}, MPK_BF16, "o", MPK_IO_DEVICE, &o));
+    OK(k, mpk_attach_input(k, wy, 2, (int64_t[]){32, 16}, MPK_BF16, "wy", &Wy));
+    OK(k, mpk_attach_input(k, wz, 2, (int64_t[]){8, 32}, MPK_BF16, "wz", &Wz));
+    OK(k, mpk_attach_input(k, wu, 2, (int64_t[]){16, 16}, MPK_BF16, "wu", &Wu));
+    OK(k, mpk_attach_input(k, wo, 2, (int64_t[]){16, 16}, MPK_BF16, "wo", &Wo));
+    // y's 8 tasks of 4 columns: z reads whole rows (all 8), silu_mul's 2 tasks read gate columns
+    // [8i, 8i + 8) and up columns [16 + 8i, 16 + 8i + 8), i.e. y's tasks {2i, 2i + 1, 4 + 2i, 5 + 2i}:
+    // blocks of 2.
+    OK(k, mpk_linear_layer(k, x, Wy, y, G(8, 1), NOBLOCK, "y"));
+    OK(k, mpk_linear_layer(k, y, Wz, z, G(4, 1), NOBLOCK, "z"));
+    OK(k, mpk_silu_mul_layer(k, y, s, G(2, 1), NOBLOCK, "silu"));
+    // u's 4 tasks are read by o's 4 tasks through the residual, column for column (and s, all of
+    // it, does not depend on u): u's blocks are of 1 (no tiles), and o's tasks wait for 4
+    // different events.
+    OK(k, mpk_linear_layer(k, x, Wu, u, G(4, 1), NOBLOCK, "u"));
+    OK(k, mpk_linear_with_residual_layer(k, s, Wo, u, o, G(4, 1), NOBLOCK, "o"));
+    OK(k, mpk_compile(k));
+    int32_t n;
+    cr_expect_eq(layer_tile_block(k, "y", &n), 2);
+    cr_expect_eq(n, 8);
+    cr_expect_eq(layer_tile_block(k, "z", &n), 4, "a sink: one event, nothing depends on it");
+    cr_expect_eq(layer_tile_block(k, "u", &n), 0);
+    cr_expect_eq(layer_tile_block(k, "o", &n), 0);
+    cr_expect_eq(layer_tile_block(k, "silu", &n), 0, "not a product");
+    mpk_kernel_free(k);
+    free(wy);
+    free(wz);
+    free(wu);
+    free(wo);
+}
+
 Test(core, dump_lists_tasks_and_events) {
     rg_weights W = {0};
     mpk_kernel_params p = small_params(2, 1, 0);

@@ -13,6 +13,7 @@
 
 #include "mpk.h"
 #include "mpk/model.h"
+#include "core/internal.h"  // the compiled graph
 #include "model/model_internal.h"
 #include "model/safetensors.h"
 #include "kernels/task.h"  // MPK_ATTENTION_LINEAR_MAX_ROW_BYTES
@@ -885,6 +886,62 @@ static void expect_build_rejects(const mpk_build_options *o, const char *field) 
     cr_expect_eq(mpk_model_build(m, k, o), MPK_ERR_INVALID_ARG);
     cr_expect(strstr(mpk_last_error(k), field) != NULL, "%s", mpk_last_error(k));
     mpk_kernel_free(k);
+    mpk_model_free(m);
+}
+
+// The compiler's tile blocks (compile.c: mark_tile_blocks) on a decoder's real shapes: the
+// projections whose consumers read whole rows get the largest power of two dividing their task
+// count, the QKV projection whole kv head groups of columns (attention reads one group per task),
+// the sampled LM head none. Layer 0 of the Qwen3-0.6B shapes with a small vocabulary, compiled
+// for 128 and 132 workers, fused and not.
+static int32_t tile_block_of(const mpk_kernel *k, const char *name, int32_t *tasks) {
+    int32_t li = -1, b = -1;
+    for (int32_t i = 0; i < k->num_layers; i++)
+        if (strcmp(k->layers[i].name, name) == 0) li = i;
+    *tasks = 0;
+    if (li < 0) return -1;
+    for (int32_t t = 0; t < k->graph.num_tasks; t++)
+        if ((int32_t)k->graph.tasks[t].layer == li) {
+            if (b < 0) b = k->graph.tasks[t].iparam[1];
+            cr_expect_eq(k->graph.tasks[t].iparam[1], b, "%s", name);
+            (*tasks)++;
+        }
+    return b;
+}
+
+static int32_t lowbit(int32_t x) { return x & -x; }
+
+Test(model, tile_blocks_of_a_decoder) {
+    mpk_model_config c;
+    cr_assert_eq(mpk_model_config_preset("qwen3-0.6b", &c), MPK_OK);
+    c.num_layers = 1;
+    c.vocab_size = 1024;
+    mpk_model *m;
+    char err[256] = "";
+    cr_assert_eq(mpk_model_create_random(&c, 1, &m, err, sizeof err), MPK_OK, "%s", err);
+    const int32_t workers[] = {128, 132, 128};
+    const int32_t ctx[] = {1024, 1024, 128};  // (the last: attention fused with o_proj)
+    for (int i = 0; i < 3; i++) {
+        mpk_kernel *k = cpu_kernel(workers[i], 64, ctx[i]);
+        cr_assert_eq(mpk_model_build(m, k, NULL), MPK_OK, "%s", mpk_last_error(k));
+        cr_assert_eq(mpk_compile(k), MPK_OK, "%s", mpk_last_error(k));
+        const int fused = expect_fused(&c, 64, workers[i], ctx[i]);
+        int32_t n, b;
+        b = tile_block_of(k, "model.layers.0.down_proj", &n);
+        cr_expect_eq(b, lowbit(n) >= 2 ? lowbit(n) : 0, "down: %d tasks, block %d", n, b);
+        b = tile_block_of(k, "model.layers.0.gate_up_proj", &n);  // (fused: x_out's columns in iparam)
+        if (!fused) cr_expect_eq(b, lowbit(n) >= 2 ? lowbit(n) : 0, "gate/up: %d tasks, block %d", n, b);
+        b = tile_block_of(k, "model.layers.0.o_proj", &n);
+        if (!fused) cr_expect_eq(b, lowbit(n) >= 2 ? lowbit(n) : 0, "o_proj: %d tasks, block %d", n, b);
+        b = tile_block_of(k, "model.layers.0.qkv_proj", &n);
+        const int32_t group = (c.num_heads / c.num_kv_heads + 2) * c.head_dim, width = mpk_model_qkv_rows(&c) / n;
+        int32_t want = lowbit(n);
+        if (group % width == 0 && lowbit(group / width) < want) want = lowbit(group / width);
+        if (group % width) want = 1;  // (a task straddles two groups)
+        cr_expect_eq(b, want >= 2 ? want : 0, "qkv: %d tasks of %d columns, block %d", n, width, b);
+        cr_expect_eq(tile_block_of(k, "lm_head", &n), 0, "the sampled LM head");
+        mpk_kernel_free(k);
+    }
     mpk_model_free(m);
 }
 

@@ -241,6 +241,79 @@ static uint64_t hash_set(int32_t layer, const int32_t *v, int64_t n) {
     return h;
 }
 
+// ---- interchangeable product tasks (the prompt kernel's tiles) ----------------------------------
+
+static int32_t lowbit32(uint32_t x) { return (int32_t)(x & (~x + 1u)); }
+
+// A product layer's tasks each compute a column slice of every row. The GPU's prompt kernel
+// multiplies a prefill chunk's rows in tiles of rows x columns instead (linear.cuh,
+// mpk_gemm_tile): within an aligned block of B tasks, task j takes the j % B-th share of the
+// prompt rows for the whole block's columns. That is only correct when nothing can tell the
+// block's tasks apart: they wait for the same event, and every later task that depends on one
+// of them depends on all of them. The second holds when every task's reduced producers in the
+// layer are unions of aligned blocks (by induction over build order, so is every task's whole
+// ancestry). Each eligible layer's tasks get B in iparam[1] (< 2: no tiles) and their index in
+// the layer in iparam[2]. Decode rows stay on each task's own slice (the GEMV), so a request's
+// values still do not depend on its batch.
+static int tileable(const mpk_kernel *k, const mpk_layer *L) {
+    if (L->grid.y != 1 || L->num_tasks < 2 || L->num_tasks != L->grid.x) return 0;
+    const mpk_task_desc *d = &k->recs[L->first_task].desc;
+    switch (L->op) {
+    case MPK_TASK_LINEAR:
+    case MPK_TASK_LINEAR_RESIDUAL:
+    case MPK_TASK_SILU_MUL_LINEAR_RESIDUAL:
+        return 1;
+    case MPK_TASK_RMSNORM_LINEAR:  // not the sampled-rows-only LM head: its prompt rows are few
+        return k->variants[d->variant].p[5] == 0;
+    default:  // (RESIDUAL_RMSNORM_LINEAR's tasks also write x_out columns of their own)
+        return 0;
+    }
+}
+
+static mpk_status mark_tile_blocks(compiler *c, const int32_t *task_event) {
+    mpk_kernel *k = c->k;
+    uint32_t *runs = calloc((size_t)k->num_layers, sizeof *runs);  // OR of run bounds per layer
+    int32_t *layer_of = malloc((size_t)c->n * sizeof *layer_of);
+    if (!runs || !layer_of) {
+        free(runs);
+        free(layer_of);
+        return mpk_fail(k, MPK_ERR_NOMEM, "out of memory");
+    }
+    for (int32_t li = 0; li < k->num_layers; li++)
+        for (int32_t t = k->layers[li].first_task; t < k->layers[li].first_task + k->layers[li].num_tasks; t++)
+            layer_of[t] = li;
+    // Runs of consecutive producers within one layer (reduce() left each set ascending; a layer's
+    // tasks are consecutive in build order): [s, e) in layer-local indices.
+    for (int32_t v = 0; v < c->n; v++) {
+        const int64_t b = c->dep_begin[v], e = c->dep_begin[v + 1];
+        for (int64_t i = b; i < e;) {
+            const int32_t d0 = c->deps.v[i], li = layer_of[d0];
+            int64_t j = i + 1;
+            while (j < e && c->deps.v[j] == c->deps.v[j - 1] + 1 && layer_of[c->deps.v[j]] == li) j++;
+            const int32_t s = d0 - k->layers[li].first_task;
+            runs[li] |= (uint32_t)s | (uint32_t)(s + (j - i));
+            i = j;
+        }
+    }
+    for (int32_t li = 0; li < k->num_layers; li++) {
+        const mpk_layer *L = &k->layers[li];
+        if (!tileable(k, L)) continue;
+        int32_t B = lowbit32((uint32_t)L->num_tasks);
+        if (runs[li]) B = B < lowbit32(runs[li]) ? B : lowbit32(runs[li]);
+        for (int32_t j = 1; j < L->num_tasks && B > 1; j++)
+            if (task_event[L->first_task + j] != task_event[L->first_task + j - 1] && lowbit32((uint32_t)j) < B)
+                B = lowbit32((uint32_t)j);
+        if (B < 2) continue;
+        for (int32_t j = 0; j < L->num_tasks; j++) {
+            k->recs[L->first_task + j].desc.iparam[1] = B;
+            k->recs[L->first_task + j].desc.iparam[2] = j;
+        }
+    }
+    free(runs);
+    free(layer_of);
+    return MPK_OK;
+}
+
 typedef struct order_item {
     int32_t event;
     int32_t task;
@@ -293,6 +366,7 @@ static mpk_status build_graph(compiler *c) {
         }
         task_event[t] = found;
     }
+    if ((st = mark_tile_blocks(c, task_event))) goto done;
     // Number events: begin events (empty producer sets) first, then the rest in order of first
     // appearance, then the end event.
     int32_t *event_id = malloc((size_t)nkeys * sizeof *event_id);

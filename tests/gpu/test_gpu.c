@@ -108,7 +108,7 @@ typedef struct gcase {
     int nprompts;
     int32_t vocab_for_prompts;
     mpk_status (*build)(mpk_kernel *k, struct gcase *c, mpk_tensor **in);
-    int32_t cfg[10];           // builder parameters
+    int32_t cfg[11];           // builder parameters
     int32_t want_iterations[2];  // when set: the run's iterations and prefill iterations
     int32_t want_handovers;      // the GPU run's passes between the prompt and decode kernels
 } gcase;
@@ -521,7 +521,9 @@ static mpk_status build_model(mpk_kernel *k, gcase *c, mpk_tensor **in) {
     TRY(mpk_new_tensor(k, 4, (int64_t[]){P, Hkv, S, D}, MPK_BF16, "v_cache", MPK_IO_DEVICE, &vc));
     int gy = pick_div((int)T, rnd());
     TRY(mpk_embed_layer(k, ids, in[0], x, D3(pick_div((int)H, rnd()), gy), NOBLOCK, "embed"));
-    TRY(mpk_rmsnorm_linear_layer(k, x, in[1], in[2], qkv, 1e-6f, D3(pick_div((int)QKV, rnd()), 1), NOBLOCK, "qkv_proj"));
+    // cfg[10] > 0: every product layer (but the fused gate/up) gets that many tasks
+#define PRODUCT_GRID(n) D3(c->cfg[10] > 0 ? c->cfg[10] : pick_div((int)(n), rnd()), 1)
+    TRY(mpk_rmsnorm_linear_layer(k, x, in[1], in[2], qkv, 1e-6f, PRODUCT_GRID(QKV), NOBLOCK, "qkv_proj"));
     mpk_attention_desc d = {qkv, kc, vc, in[3], in[4], in[5], att, (int32_t)Hq, (int32_t)Hkv, (int32_t)D, 1e-6f, 0};
     if (c->cfg[7]) {  // attention + o_proj in one stage, the residual added by gate_up
         mpk_tensor *part;
@@ -532,16 +534,16 @@ static mpk_status build_model(mpk_kernel *k, gcase *c, mpk_tensor **in) {
                                               D3(pick_div((int)(2 * I), rnd()), 1), NOBLOCK, "gate_up"));
     } else {
         TRY(mpk_attention_layer(k, &d, D3(pick_div((int)Hkv, rnd()), c->cfg[8] > 1 ? c->cfg[8] : 1), NOBLOCK, "attn"));
-        TRY(mpk_linear_with_residual_layer(k, att, in[6], x, h1, D3(pick_div((int)H, rnd()), 1), NOBLOCK, "o_proj"));
-        TRY(mpk_rmsnorm_linear_layer(k, h1, in[7], in[8], gu, 1e-6f, D3(pick_div((int)(2 * I), rnd()), 1), NOBLOCK, "gate_up"));
+        TRY(mpk_linear_with_residual_layer(k, att, in[6], x, h1, PRODUCT_GRID(H), NOBLOCK, "o_proj"));
+        TRY(mpk_rmsnorm_linear_layer(k, h1, in[7], in[8], gu, 1e-6f, PRODUCT_GRID(2 * I), NOBLOCK, "gate_up"));
     }
-    TRY(mpk_silu_mul_linear_with_residual_layer(k, gu, in[9], h1, h2, D3(pick_div((int)H, rnd()), 1), NOBLOCK, "down"));
+    TRY(mpk_silu_mul_linear_with_residual_layer(k, gu, in[9], h1, h2, PRODUCT_GRID(H), NOBLOCK, "down"));
     if (c->cfg[9])  // the LM head of the sampled rows only (the model builder's default)
         TRY(mpk_rmsnorm_linear_sampled_layer(k, h2, in[10], in[11], logits, 1e-6f, D3(pick_div((int)V, rnd()), 1),
                                              NOBLOCK, "lm_head"));
     else
-        TRY(mpk_rmsnorm_linear_layer(k, h2, in[10], in[11], logits, 1e-6f, D3(pick_div((int)V, rnd()), 1), NOBLOCK,
-                                     "lm_head"));
+        TRY(mpk_rmsnorm_linear_layer(k, h2, in[10], in[11], logits, 1e-6f, PRODUCT_GRID(V), NOBLOCK, "lm_head"));
+#undef PRODUCT_GRID
     TRY(mpk_argmax_layer(k, logits, outs, D3(pick_div((int)V, rnd()), 1), NOBLOCK, "argmax"));
     g_rng = saved;
     return MPK_OK;
@@ -635,6 +637,26 @@ static void split_model_case(gcase *c, const char *name, int H, int Hq, int Hkv,
     c->prompts[0] = (prompt_spec){230, 10, 0, 0, 1};
     case_model(c, H, Hq, Hkv, D, 176, 512, 13, 0);
     c->cfg[8] = S;
+}
+
+// A prefill chunk's rows in tiles of rows x columns (compile.c: mark_tile_blocks, linear.cuh:
+// mpk_gemv): every product layer of 8 tasks (blocks of 8; the QKV projection's 4 tasks per kv
+// head group: blocks of 4). Request 0 (6 prompt tokens, 8 new) and request 1 (200, 4) in
+// iterations of 128 rows: iteration 1 holds 128 prompt rows (2 row shares per group of tasks),
+// iteration 2 request 0's decode row (the GEMV, each task its own columns) beside request 1's
+// other 78 prompt rows (2 shares of 48 and 30 rows, the second a partial MMA tile).
+static void tiles_case(gcase *c) {
+    default_params(c);
+    c->name = "model, prompt rows in tiles";
+    c->tol = 1e-4;
+    c->params.max_batched_tokens = 128;
+    c->params.max_seq_len = 224;
+    c->params.page_size = 16;
+    c->params.num_pages = 16;
+    c->prompts[0] = (prompt_spec){6, 8, 0, 0, 1};
+    c->prompts[1] = (prompt_spec){200, 4, 0, 0, 1};
+    case_model(c, 256, 4, 2, 64, 512, 512, 17, 0);
+    c->cfg[10] = 8;
 }
 
 // Runs the case on the CPU and (twice) on the GPU with the given scheduling; records one row
@@ -911,6 +933,9 @@ int main(int argc, char **argv) {
         memset(&c, 0, sizeof c);
         turns_case(&c);
         prebuild(&c);
+        memset(&c, 0, sizeof c);
+        tiles_case(&c);
+        prebuild(&c);
         goto table;
     }
     {
@@ -962,6 +987,13 @@ int main(int argc, char **argv) {
         c.params.profile_capacity = 4096;
         run_case(&c, " static", 0, 0, 0);
         run_case(&c, " 1 scheduler", 0, 1, 0);
+        free_case(&c);
+    }
+    {  // a prefill chunk's rows in tiles, beside a decode row
+        gcase c = {0};
+        tiles_case(&c);
+        run_case(&c, " static", 0, 0, 0);
+        run_case(&c, " 2 schedulers", 0, 2, 0);
         free_case(&c);
     }
     if (!getenv("TEST_GPU_CPU_ONLY")) stall_test();

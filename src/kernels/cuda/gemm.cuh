@@ -83,6 +83,9 @@ __device__ __noinline__ void mpk_gemm_rows(XRows xr, const mpk_bf16 *w, const mp
         const int32_t ks = tiles >= nwarps ? 1 : min(nwarps / tiles, KC / 32);
         const int32_t slots = nwarps / ks, seg = warp % ks, slot = warp / ks;
         const bool busy = slot < slots;
+        // Staged once for all passes over the column tiles when K fits in one chunk and no
+        // partial sums go through the staging area (a wide task: the prompt kernel's tiles).
+        const bool once = nch == 1 && ks == 1;
         xr.prep(r0, nr, scale);
         mpk_sync();
         for (int32_t t0 = 0; t0 < tiles; t0 += slots * MPK_MMA_TILES) {
@@ -97,7 +100,7 @@ __device__ __noinline__ void mpk_gemm_rows(XRows xr, const mpk_bf16 *w, const mp
                 // A thread loads its XRows::batch pieces before storing the first (one at a time
                 // they form a chain of round trips; measured no faster on Qwen3-8B, where the
                 // products wait on their weight loads instead: bench/NOTES.md v13).
-                const int32_t total = M * units;
+                const int32_t total = once && t0 > 0 ? 0 : M * units;
                 for (int32_t i0 = threadIdx.x; i0 < total; i0 += MPK_DEV_THREADS * XRows::batch) {
                     uint4 v[XRows::batch];
 #pragma unroll

@@ -373,15 +373,35 @@ MPK_DEV bool mpk_gemv_streamed(XRows &xr, const mpk_bf16 *res, mpk_bf16 *out, in
 #else
 #define MPK_MMA_BUILT 0
 #endif
+//
+// Tiles (tile_b >= 2, the prompt kernel only): the compiler found the layer's tasks
+// interchangeable in aligned blocks of tile_b (compile.c: mark_tile_blocks), and this is task
+// tile_j of the layer. The prompt rows then go in R row shares (R a power of two <= tile_b, about
+// one per MPK_MMA_MAX_M rows), and task j takes share j % R for the columns of all R tasks of
+// its aligned group of R: each weight is read by R tasks instead of once per 64-row tile by one,
+// and each input row by the layer's tasks / R instead of by every task (bench/NOTES.md v16).
 template <class XRows>
 MPK_DEV void mpk_gemv(XRows &xr, const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf16 *out,
                       int32_t rows, int32_t K, int32_t n, int32_t ld_w, int32_t ld_res,
-                      int32_t ld_out, int32_t nd, bool prompt) {
+                      int32_t ld_out, int32_t nd, bool prompt, int32_t tile_j = 0, int32_t tile_b = 0) {
     const bool vec = (K % 8 == 0) && (ld_w % 8 == 0) && mpk_aligned16(w) && xr.vec_ok();
     const int32_t cap = K > 0 ? MPK_GEMV_STAGE_ELEMS / K : 0;  // rows the staging area holds
     const bool mma = MPK_MMA_BUILT && vec && cap >= 1 && MPK_STREAM_SLOTS == 0;
     if (prompt) {
-        if (mma && nd < rows) mpk_gemm_rows(xr, w, res, out, (float *)0, nd, rows, K, n, ld_w, ld_res, ld_out);
+        if (!mma || nd >= rows) return;
+        const int32_t P = rows - nd;
+        int32_t R = 1;
+        while (R < tile_b && R * MPK_MMA_MAX_M < P) R *= 2;
+        if (R == 1) {
+            mpk_gemm_rows(xr, w, res, out, (float *)0, nd, rows, K, n, ld_w, ld_res, ld_out);
+            return;
+        }
+        const int32_t r = tile_j % R, Mt = ((P + R - 1) / R + 15) / 16 * 16;
+        const int32_t a0 = nd + r * Mt, a1 = min(rows, a0 + Mt);
+        const int64_t dc = (int64_t)r * n;  // the group's first column, relative to this task's
+        if (a0 < a1)
+            mpk_gemm_rows(xr, w - dc * ld_w, res ? res - dc : res, out - dc, (float *)0, a0, a1, K, R * n, ld_w,
+                          ld_res, ld_out);
         return;
     }
 #if MPK_STREAM_SLOTS > 0
@@ -717,25 +737,27 @@ MPK_DEV int32_t mpk_decode_rows(int32_t nd, int32_t r0, int32_t r1) { return max
 
 MPK_DEV void mpk_linear_cuda(const mpk_bf16 *x, const mpk_bf16 *w, mpk_bf16 *out, int32_t rows,
                              int32_t K, int32_t n, int32_t ld_x, int32_t ld_w, int32_t ld_out,
-                             int32_t nd, bool prompt) {
+                             int32_t nd, bool prompt, int32_t tile_j = 0, int32_t tile_b = 0) {
     mpk_plain_rows xr = {x, ld_x};
-    mpk_gemv(xr, w, (const mpk_bf16 *)0, out, rows, K, n, ld_w, 0, ld_out, nd, prompt);
+    mpk_gemv(xr, w, (const mpk_bf16 *)0, out, rows, K, n, ld_w, 0, ld_out, nd, prompt, tile_j, tile_b);
 }
 
 MPK_DEV void mpk_linear_residual_cuda(const mpk_bf16 *x, const mpk_bf16 *w, const mpk_bf16 *res,
                                       mpk_bf16 *out, int32_t rows, int32_t K, int32_t n,
                                       int32_t ld_x, int32_t ld_w, int32_t ld_res,
-                                      int32_t ld_out, int32_t nd, bool prompt) {
+                                      int32_t ld_out, int32_t nd, bool prompt, int32_t tile_j = 0,
+                                      int32_t tile_b = 0) {
     mpk_plain_rows xr = {x, ld_x};
-    mpk_gemv(xr, w, res, out, rows, K, n, ld_w, ld_res, ld_out, nd, prompt);
+    mpk_gemv(xr, w, res, out, rows, K, n, ld_w, ld_res, ld_out, nd, prompt, tile_j, tile_b);
 }
 
 MPK_DEV void mpk_rmsnorm_linear_cuda(const mpk_bf16 *x, const mpk_bf16 *norm_w, const mpk_bf16 *w,
                                      mpk_bf16 *out, int32_t rows, int32_t K, int32_t n,
                                      int32_t ld_x, int32_t ld_w, int32_t ld_out, float eps,
-                                     int32_t nd, bool prompt) {
+                                     int32_t nd, bool prompt, int32_t tile_j = 0,
+                                     int32_t tile_b = 0) {
     mpk_norm_rows xr = {x, norm_w, ld_x, K, eps, mpk_smem()->red};
-    mpk_gemv(xr, w, (const mpk_bf16 *)0, out, rows, K, n, ld_w, 0, ld_out, nd, prompt);
+    mpk_gemv(xr, w, (const mpk_bf16 *)0, out, rows, K, n, ld_w, 0, ld_out, nd, prompt, tile_j, tile_b);
 }
 
 // Prompt rows of a sampled-rows-only RMSNORM_LINEAR (the LM head, mpk_rmsnorm_linear_sampled_layer):
@@ -776,9 +798,9 @@ MPK_DEV void mpk_silu_mul_linear_residual_cuda(const mpk_bf16 *in, const mpk_bf1
                                                const mpk_bf16 *res, mpk_bf16 *out, int32_t rows,
                                                int32_t I, int32_t n, int32_t ld_in, int32_t ld_w,
                                                int32_t ld_res, int32_t ld_out, int32_t nd,
-                                               bool prompt) {
+                                               bool prompt, int32_t tile_j = 0, int32_t tile_b = 0) {
     mpk_silu_rows xr = {in, ld_in, I};
-    mpk_gemv(xr, w, res, out, rows, I, n, ld_w, ld_res, ld_out, nd, prompt);
+    mpk_gemv(xr, w, res, out, rows, I, n, ld_w, ld_res, ld_out, nd, prompt, tile_j, tile_b);
 }
 
 #endif  // MPK_KERNELS_CUDA_LINEAR_CUH

@@ -123,6 +123,9 @@ static mpk_status emit_headers(mpk_kernel *k, mpk_sbuf *b) {
 #define OP(T, j) "((" T " *)d.operand[" #j "])"
 #define BF "mpk_bf16"
 #define CBF "const mpk_bf16"
+// A product's prompt rows, in tiles when the compiler marked its layer (compile.c:
+// mark_tile_blocks; iparam[1] the block, iparam[2] the task's index in the layer).
+#define TILED "true, d.iparam[2], d.iparam[1]"
 
 // The body of one variant: rows [r0, r1) of the task, shape constants as literals. A product's
 // body takes its decode rows (prompt == 0: the GEMV) or its prompt rows (prompt == 1).
@@ -147,18 +150,18 @@ static mpk_status emit_variant_body(mpk_kernel *k, mpk_sbuf *b, int32_t id, cons
         mpk_sbuf_printf(b, "    mpk_rmsnorm_linear_cuda(" OP(CBF, 0) " + (int64_t)r0 * %d, " OP(CBF, 1) ", "
                         OP(CBF, 2) ", " OP(BF, 3) " + (int64_t)r0 * %d, r1 - r0, %d, %d, %d, %d, %d, %.9gf, "
                         "mpk_decode_rows(nd, r0, r1), %s);\n",
-                        p[2], p[4], p[0], p[1], p[2], p[3], p[4], (double)v->f[0], prompt ? "true" : "false");
+                        p[2], p[4], p[0], p[1], p[2], p[3], p[4], (double)v->f[0], prompt ? TILED : "false");
         break;
     case MPK_TASK_LINEAR:  // x, w, out | K, n, ld_x, ld_w, ld_out
         mpk_sbuf_printf(b, "    mpk_linear_cuda(" OP(CBF, 0) " + (int64_t)r0 * %d, " OP(CBF, 1) ", " OP(BF, 2)
                         " + (int64_t)r0 * %d, r1 - r0, %d, %d, %d, %d, %d, mpk_decode_rows(nd, r0, r1), %s);\n",
-                        p[2], p[4], p[0], p[1], p[2], p[3], p[4], prompt ? "true" : "false");
+                        p[2], p[4], p[0], p[1], p[2], p[3], p[4], prompt ? TILED : "false");
         break;
     case MPK_TASK_LINEAR_RESIDUAL:  // x, w, res, out | K, n, ld_x, ld_w, ld_res, ld_out
         mpk_sbuf_printf(b, "    mpk_linear_residual_cuda(" OP(CBF, 0) " + (int64_t)r0 * %d, " OP(CBF, 1) ", "
                         OP(CBF, 2) " + (int64_t)r0 * %d, " OP(BF, 3) " + (int64_t)r0 * %d, r1 - r0, "
                         "%d, %d, %d, %d, %d, %d, mpk_decode_rows(nd, r0, r1), %s);\n",
-                        p[2], p[4], p[5], p[0], p[1], p[2], p[3], p[4], p[5], prompt ? "true" : "false");
+                        p[2], p[4], p[5], p[0], p[1], p[2], p[3], p[4], p[5], prompt ? TILED : "false");
         break;
     case MPK_TASK_ATTENTION:  // qkv, k_cache, v_cache, q_norm, k_norm, inv_freq, out, split workspace
         // G, D, ld_qkv, ld_out, page_size, page_stride, has_qnorm, has_knorm, has_rope,
@@ -210,7 +213,7 @@ static mpk_status emit_variant_body(mpk_kernel *k, mpk_sbuf *b, int32_t id, cons
         mpk_sbuf_printf(b, "    mpk_silu_mul_linear_residual_cuda(" OP(CBF, 0) " + (int64_t)r0 * %d, " OP(CBF, 1)
                         ", " OP(CBF, 2) " + (int64_t)r0 * %d, " OP(BF, 3) " + (int64_t)r0 * %d, r1 - r0, "
                         "%d, %d, %d, %d, %d, %d, mpk_decode_rows(nd, r0, r1), %s);\n",
-                        p[2], p[4], p[5], p[0], p[1], p[2], p[3], p[4], p[5], prompt ? "true" : "false");
+                        p[2], p[4], p[5], p[0], p[1], p[2], p[3], p[4], p[5], prompt ? TILED : "false");
         break;
     case MPK_TASK_ALLREDUCE:  // in, out | n, ld_in, ld_out
         mpk_sbuf_printf(b, "    mpk_allreduce_cuda(" OP(CBF, 0) " + (int64_t)r0 * %d, " OP(BF, 1)
