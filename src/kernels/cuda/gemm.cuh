@@ -38,6 +38,12 @@
 #ifndef MPK_MMA_TILES
 #define MPK_MMA_TILES 1
 #endif
+// The same for the prompt kernel's tiles of rows x columns (linear.cuh: mpk_gemv with a tile
+// block), whose tasks are wide: pp512 ms/token on the H100 (bench/NOTES.md v16), 2 tiles against
+// 1: Qwen3-0.6B 0.040 / 0.040, 1.7B 0.068 / 0.087, 8B 0.237 / 0.313.
+#ifndef MPK_MMA_TILES_WIDE
+#define MPK_MMA_TILES_WIDE 2
+#endif
 #ifndef MPK_MMA_UNROLL
 #define MPK_MMA_UNROLL 4
 #endif
@@ -64,7 +70,7 @@ MPK_DEV int32_t mpk_mma_unit(int32_t r, int32_t u) { return u ^ ((r & 1) << 2); 
 // k = 0, in order), so a request's prompt rows get the same values in any batch. Requires what the GEMV's staged path requires (K % 8 == 0,
 // ld_w % 8 == 0, w 16-byte aligned, xr.vec_ok()). Not inlined: one copy per input kind, not one
 // per task variant (prefill is bound by the weights, not by this code's constants).
-template <class XRows>
+template <class XRows, int TILES = MPK_MMA_TILES>
 __device__ __noinline__ void mpk_gemm_rows(XRows xr, const mpk_bf16 *w, const mpk_bf16 *res,
                                            mpk_bf16 *out, float *outf, int32_t row0, int32_t rows, int32_t K,
                                            int32_t n, int32_t ld_w, int32_t ld_res, int32_t ld_out) {
@@ -88,10 +94,10 @@ __device__ __noinline__ void mpk_gemm_rows(XRows xr, const mpk_bf16 *w, const mp
         const bool once = nch == 1 && ks == 1;
         xr.prep(r0, nr, scale);
         mpk_sync();
-        for (int32_t t0 = 0; t0 < tiles; t0 += slots * MPK_MMA_TILES) {
-            float acc[MPK_MMA_TILES][4][4];
+        for (int32_t t0 = 0; t0 < tiles; t0 += slots * TILES) {
+            float acc[TILES][4][4];
 #pragma unroll
-            for (int t = 0; t < MPK_MMA_TILES; t++)
+            for (int t = 0; t < TILES; t++)
 #pragma unroll
                 for (int m = 0; m < 4; m++)
 #pragma unroll
@@ -123,11 +129,11 @@ __device__ __noinline__ void mpk_gemm_rows(XRows xr, const mpk_bf16 *w, const mp
                 const int32_t steps = min(KC, K - k0 + 31) / 32;  // steps with an element below K
                 const int32_t first = ((seg - k0 / 32) % ks + ks) % ks;  // this segment's first step
                 for (int32_t s0 = first; busy && s0 < steps; s0 += ks * MPK_MMA_UNROLL) {
-                    uint4 wv[MPK_MMA_UNROLL][MPK_MMA_TILES];
+                    uint4 wv[MPK_MMA_UNROLL][TILES];
 #pragma unroll
                     for (int u = 0; u < MPK_MMA_UNROLL; u++)
 #pragma unroll
-                        for (int t = 0; t < MPK_MMA_TILES; t++) {
+                        for (int t = 0; t < TILES; t++) {
                             const int32_t st = s0 + u * ks, tile = t0 + slot + t * slots;
                             const int32_t k = k0 + st * 32 + q * 8;
                             wv[u][t] = make_uint4(0u, 0u, 0u, 0u);
@@ -148,7 +154,7 @@ __device__ __noinline__ void mpk_gemm_rows(XRows xr, const mpk_bf16 *w, const mp
                             const uint4 lo = *(const uint4 *)(xs + (int64_t)ra * KC + mpk_mma_unit(ra, un) * 8);
                             const uint4 hi = *(const uint4 *)(xs + (int64_t)rb * KC + mpk_mma_unit(rb, un) * 8);
 #pragma unroll
-                            for (int t = 0; t < MPK_MMA_TILES; t++) {
+                            for (int t = 0; t < TILES; t++) {
                                 if (t0 + slot + t * slots >= tiles) break;
                                 mpk_mma_bf16(acc[t][m], lo.x, hi.x, lo.y, hi.y, wv[u][t].x, wv[u][t].y);
                                 mpk_mma_bf16(acc[t][m], lo.z, hi.z, lo.w, hi.w, wv[u][t].z, wv[u][t].w);
@@ -160,12 +166,12 @@ __device__ __noinline__ void mpk_gemm_rows(XRows xr, const mpk_bf16 *w, const mp
             }
             // The ks warps of a tile add up in segment order, through the staging area.
             if (ks > 1) {
-                // (ks - 1, slots, MPK_MMA_TILES * 16, 32): segment s's sums, lane-major
-                float *part = (float *)xs + (int64_t)slot * MPK_MMA_TILES * 16 * 32 + lane;
-                const int64_t seg_stride = (int64_t)slots * MPK_MMA_TILES * 16 * 32;
+                // (ks - 1, slots, TILES * 16, 32): segment s's sums, lane-major
+                float *part = (float *)xs + (int64_t)slot * TILES * 16 * 32 + lane;
+                const int64_t seg_stride = (int64_t)slots * TILES * 16 * 32;
                 if (busy && seg > 0) {
 #pragma unroll
-                    for (int t = 0; t < MPK_MMA_TILES; t++)
+                    for (int t = 0; t < TILES; t++)
 #pragma unroll
                         for (int m = 0; m < 4; m++)
 #pragma unroll
@@ -175,7 +181,7 @@ __device__ __noinline__ void mpk_gemm_rows(XRows xr, const mpk_bf16 *w, const mp
                 if (busy && seg == 0) {
                     for (int32_t s = 1; s < ks; s++)
 #pragma unroll
-                        for (int t = 0; t < MPK_MMA_TILES; t++)
+                        for (int t = 0; t < TILES; t++)
 #pragma unroll
                             for (int m = 0; m < 4; m++)
 #pragma unroll
@@ -184,7 +190,7 @@ __device__ __noinline__ void mpk_gemm_rows(XRows xr, const mpk_bf16 *w, const mp
             }
             if (busy && seg == 0) {
 #pragma unroll
-                for (int t = 0; t < MPK_MMA_TILES; t++) {
+                for (int t = 0; t < TILES; t++) {
                     const int32_t tile = t0 + slot + t * slots;
                     if (tile >= tiles) break;
 #pragma unroll

@@ -400,8 +400,8 @@ MPK_DEV void mpk_gemv(XRows &xr, const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf1
         const int32_t a0 = nd + r * Mt, a1 = min(rows, a0 + Mt);
         const int64_t dc = (int64_t)r * n;  // the group's first column, relative to this task's
         if (a0 < a1)
-            mpk_gemm_rows(xr, w - dc * ld_w, res ? res - dc : res, out - dc, (float *)0, a0, a1, K, R * n, ld_w,
-                          ld_res, ld_out);
+            mpk_gemm_rows<XRows, MPK_MMA_TILES_WIDE>(xr, w - dc * ld_w, res ? res - dc : res, out - dc, (float *)0, a0,
+                                                     a1, K, R * n, ld_w, ld_res, ld_out);
         return;
     }
 #if MPK_STREAM_SLOTS > 0
