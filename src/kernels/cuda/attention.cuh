@@ -371,6 +371,258 @@ static __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const 
     mpk_sync();  // qs and units are reused by the next row
 }
 
+// ---- prompt rows on the tensor cores (the prompt kernel) ------------------------------------------
+// A prefill chunk's rows attend row after row through mpk_attn_row: a chain of round trips per row,
+// 408 us per layer for a 512-row chunk of Qwen3-0.6B (bench/NOTES.md v16). Here a tile of up to
+// 64 / G consecutive rows of one request (64 query vectors: row-major, a row's G heads adjacent)
+// attends key blocks of 64 positions from the paged cache: S = Q K^T and O += P V with mma.sync
+// (m16n8k16, bf16 in, fp32 sums) under an online softmax, flash-attention style. Same rounding
+// points as the row path: q and k are the bf16 values the row path uses, so the scores' products
+// are exact (fp32 sums in another order); p = exp(s - m) is fp32 and enters P V as two bf16 halves
+// (hi + lo, two MMAs), so P V keeps ~16 bits of p and the row path's tolerance holds; the output
+// is rounded to bf16 once. Warps 0-7 compute (8 positions of S, all 64 vectors) and (D / 8 / 8
+// column tiles of O, all vectors); all warps load. Shared memory (dynamic, bf16 unless named):
+// Qs (64, D), Ks (64, D), Vt (D, 64) the block's values transposed, Ph and Pl (64, 64), then fp32
+// wmax and wsum (8, 64), m, l, corr (64), the block's cache offsets (64, int64) and per-warp q
+// buffers (nwarps, D) fp32. Rows of 16-byte units swizzled as gemm.cuh's (mpk_mma_unit).
+#ifndef MPK_ATTN_MMA
+#define MPK_ATTN_MMA 1
+#endif
+#if defined(MPK_KERNEL_PART) && MPK_KERNEL_PART == 2 && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && MPK_ATTN_MMA
+#define MPK_ATTN_MMA_BUILT 1
+#else
+#define MPK_ATTN_MMA_BUILT 0
+#endif
+#define MPK_ATTN_MMA_M 64  // query vectors per tile
+#define MPK_ATTN_MMA_N 64  // positions per key block
+
+#if MPK_ATTN_MMA_BUILT
+// Whether the tensor-core path takes a batch's prompt rows of this head shape.
+MPK_DEV bool mpk_attn_mma_ok(int32_t G, int32_t D) {
+    return (D == 64 || D == 128) && G >= 1 && MPK_ATTN_MMA_M % G == 0 &&
+           MPK_DEV_THREADS / 32 >= 8;
+}
+
+// The element offset of (row r, column c) in a swizzled bf16 matrix of `units` 16-byte units a row.
+MPK_DEV int32_t mpk_attn_sw(int32_t r, int32_t c, int32_t units) {
+    return r * units * 8 + mpk_mma_unit(r, c >> 3) * 8 + (c & 7);
+}
+
+template <int D>
+static __device__ __noinline__ void mpk_attn_prompt_tile(const mpk_bf16 *qkv, const mpk_bf16 *k_cache,
+                                                         const mpk_bf16 *v_cache, const mpk_bf16 *q_norm,
+                                                         const float *inv_freq, const mpk_batch *b,
+                                                         const int32_t *pt, const int32_t *row_pos, int32_t r0,
+                                                         int32_t nr, int32_t G, int32_t ld_qkv, int32_t page_size,
+                                                         int64_t page_stride, float eps, float scale, mpk_bf16 *out,
+                                                         int32_t ld_out) {
+    constexpr int M = MPK_ATTN_MMA_M, N = MPK_ATTN_MMA_N, DU = D / 8, NU = N / 8, OT = D / 64;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = MPK_DEV_THREADS / 32;
+    const int g8 = lane >> 2, q4 = lane & 3;
+    char *base = (char *)mpk_dyn_smem();
+    mpk_bf16 *Qs = (mpk_bf16 *)base, *Ks = Qs + M * D, *Vt = Ks + N * D, *Ph = Vt + D * N, *Pl = Ph + M * N;
+    float *wmax = (float *)(Pl + M * N), *wsum = wmax + 8 * M, *mrow = wsum + 8 * M, *lrow = mrow + M,
+          *corr = lrow + M;
+    int64_t *koff = (int64_t *)(corr + M);
+    float *qbuf = (float *)(koff + N) + warp * D;
+    // The tile's queries: vector v is row r0 + v / G, head v % G (rows past nr: zeros).
+    for (int32_t v = warp; v < M; v += nwarps) {
+        const int32_t r = v / G, h = v % G;
+        if (r < nr) {
+            mpk_attn_prepare(qkv + (int64_t)(r0 + r) * ld_qkv + (int64_t)h * D, q_norm, inv_freq, row_pos[r0 + r], D, eps,
+                             qbuf);
+            for (int32_t d = lane; d < D; d += 32) Qs[mpk_attn_sw(v, d, DU)] = mpk_f2bf(qbuf[d]);
+            __syncwarp();
+        } else {
+            for (int32_t d = lane; d < D; d += 32) Qs[mpk_attn_sw(v, d, DU)] = mpk_f2bf(0.0f);
+        }
+    }
+    for (int32_t v = threadIdx.x; v < M; v += MPK_DEV_THREADS) {
+        mrow[v] = -INFINITY;
+        lrow[v] = 0.0f;
+    }
+    float o[OT][4][4];
+#pragma unroll
+    for (int t = 0; t < OT; t++)
+#pragma unroll
+        for (int m = 0; m < 4; m++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) o[t][m][e] = 0.0f;
+    const int32_t pos_hi = row_pos[r0 + nr - 1];
+    for (int32_t kb = 0; kb <= pos_hi; kb += N) {
+        mpk_sync();  // the previous block's Ks, Vt and P are consumed (and Qs, m, l written)
+        for (int32_t i = threadIdx.x; i < N; i += MPK_DEV_THREADS)
+            koff[i] = kb + i <= pos_hi ? mpk_attn_cache_offset(b, pt, kb + i, D, page_size, page_stride) : -1;
+        mpk_sync();
+        for (int32_t i = threadIdx.x; i < N * DU; i += MPK_DEV_THREADS) {
+            const int32_t p = i / DU, u = i % DU;
+            const int64_t off = koff[p];
+            uint4 kv = make_uint4(0u, 0u, 0u, 0u), vv = kv;
+            if (off >= 0) {
+                kv = mpk_ld16(k_cache + off + u * 8);
+                vv = mpk_ld16(v_cache + off + u * 8);
+            }
+            *(uint4 *)(Ks + (int64_t)p * D + mpk_mma_unit(p, u) * 8) = kv;
+            const mpk_bf16 *ve = (const mpk_bf16 *)&vv;
+#pragma unroll
+            for (int e = 0; e < 8; e++) Vt[mpk_attn_sw(u * 8 + e, p, NU)] = ve[e];
+        }
+        mpk_sync();
+        float sc[4][4];  // warp w < 8: positions kb + 8 w .., all vectors
+        if (warp < 8) {
+#pragma unroll
+            for (int m = 0; m < 4; m++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) sc[m][e] = 0.0f;
+#pragma unroll
+            for (int st = 0; st < D / 32; st++) {
+                const int32_t j = warp * 8 + g8, un = st * 4 + q4;
+                const uint4 kf = *(const uint4 *)(Ks + (int64_t)j * D + mpk_mma_unit(j, un) * 8);
+#pragma unroll
+                for (int m = 0; m < 4; m++) {
+                    const int32_t ra = m * 16 + g8, rb = ra + 8;
+                    const uint4 lo = *(const uint4 *)(Qs + (int64_t)ra * D + mpk_mma_unit(ra, un) * 8);
+                    const uint4 hi = *(const uint4 *)(Qs + (int64_t)rb * D + mpk_mma_unit(rb, un) * 8);
+                    mpk_mma_bf16(sc[m], lo.x, hi.x, lo.y, hi.y, kf.x, kf.y);
+                    mpk_mma_bf16(sc[m], lo.z, hi.z, lo.w, hi.w, kf.z, kf.w);
+                }
+            }
+            // Scores, masked: causal (a row attends to positions up to its own), unmapped
+            // positions, and NaN scores (the row path: a NaN score attends to nothing).
+#pragma unroll
+            for (int m = 0; m < 4; m++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int32_t v = m * 16 + g8 + (e >> 1) * 8, t = warp * 8 + q4 * 2 + (e & 1);
+                    const int32_t r = v / G;
+                    float s = sc[m][e] * scale;
+                    if (r >= nr || kb + t > row_pos[r0 + r] || koff[t] < 0 || !(s == s)) s = -INFINITY;
+                    sc[m][e] = s;
+                }
+#pragma unroll
+            for (int m = 0; m < 4; m++)
+#pragma unroll
+                for (int hh = 0; hh < 2; hh++) {
+                    float x = fmaxf(sc[m][hh * 2], sc[m][hh * 2 + 1]);
+                    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+                    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+                    if (q4 == 0) wmax[warp * M + m * 16 + g8 + hh * 8] = x;
+                }
+        }
+        mpk_sync();
+        for (int32_t v = threadIdx.x; v < M; v += MPK_DEV_THREADS) {
+            float bm = wmax[v];
+            for (int w = 1; w < 8; w++) bm = fmaxf(bm, wmax[w * M + v]);
+            const float mo = mrow[v], mn = fmaxf(mo, bm);
+            corr[v] = mn == -INFINITY ? 1.0f : expf(mo - mn);  // (mo = -inf: 0)
+            mrow[v] = mn;
+        }
+        mpk_sync();
+        if (warp < 8) {
+#pragma unroll
+            for (int m = 0; m < 4; m++)
+#pragma unroll
+                for (int hh = 0; hh < 2; hh++) {
+                    const int32_t v = m * 16 + g8 + hh * 8;
+                    const float mv = mrow[v];
+                    float x = 0.0f;
+#pragma unroll
+                    for (int c = 0; c < 2; c++) {
+                        const float s = sc[m][hh * 2 + c];
+                        const float p = s == -INFINITY ? 0.0f : expf(s - mv);
+                        const mpk_bf16 ph = mpk_f2bf(p);
+                        const int32_t t = warp * 8 + q4 * 2 + c;
+                        Ph[mpk_attn_sw(v, t, NU)] = ph;
+                        Pl[mpk_attn_sw(v, t, NU)] = mpk_f2bf(p - mpk_bf2f(ph));
+                        x += p;
+                    }
+                    x += __shfl_xor_sync(0xffffffffu, x, 1);
+                    x += __shfl_xor_sync(0xffffffffu, x, 2);
+                    if (q4 == 0) wsum[warp * M + v] = x;
+                }
+        }
+        mpk_sync();
+        for (int32_t v = threadIdx.x; v < M; v += MPK_DEV_THREADS) {
+            float sum = 0.0f;
+            for (int w = 0; w < 8; w++) sum += wsum[w * M + v];
+            lrow[v] = lrow[v] * corr[v] + sum;
+        }
+        if (warp < 8) {
+#pragma unroll
+            for (int t = 0; t < OT; t++)
+#pragma unroll
+                for (int m = 0; m < 4; m++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) o[t][m][e] *= corr[m * 16 + g8 + (e >> 1) * 8];
+#pragma unroll
+            for (int st = 0; st < N / 32; st++) {
+                const int32_t un = st * 4 + q4;
+#pragma unroll
+                for (int t = 0; t < OT; t++) {
+                    const int32_t j = (warp * OT + t) * 8 + g8;  // the column d of O
+                    const uint4 vf = *(const uint4 *)(Vt + (int64_t)j * N + mpk_mma_unit(j, un) * 8);
+#pragma unroll
+                    for (int m = 0; m < 4; m++) {
+                        const int32_t ra = m * 16 + g8, rb = ra + 8;
+                        const uint4 lo = *(const uint4 *)(Ph + (int64_t)ra * N + mpk_mma_unit(ra, un) * 8);
+                        const uint4 hi = *(const uint4 *)(Ph + (int64_t)rb * N + mpk_mma_unit(rb, un) * 8);
+                        const uint4 lo2 = *(const uint4 *)(Pl + (int64_t)ra * N + mpk_mma_unit(ra, un) * 8);
+                        const uint4 hi2 = *(const uint4 *)(Pl + (int64_t)rb * N + mpk_mma_unit(rb, un) * 8);
+                        mpk_mma_bf16(o[t][m], lo.x, hi.x, lo.y, hi.y, vf.x, vf.y);
+                        mpk_mma_bf16(o[t][m], lo.z, hi.z, lo.w, hi.w, vf.z, vf.w);
+                        mpk_mma_bf16(o[t][m], lo2.x, hi2.x, lo2.y, hi2.y, vf.x, vf.y);
+                        mpk_mma_bf16(o[t][m], lo2.z, hi2.z, lo2.w, hi2.w, vf.z, vf.w);
+                    }
+                }
+            }
+        }
+    }
+    mpk_sync();  // lrow's last update
+    if (warp < 8) {
+#pragma unroll
+        for (int t = 0; t < OT; t++)
+#pragma unroll
+            for (int m = 0; m < 4; m++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int32_t v = m * 16 + g8 + (e >> 1) * 8, d = (warp * OT + t) * 8 + q4 * 2 + (e & 1);
+                    const int32_t r = v / G, h = v % G;
+                    if (r >= nr) continue;
+                    const float l = lrow[v];
+                    out[(int64_t)(r0 + r) * ld_out + (int64_t)h * D + d] =
+                        mpk_f2bf(l > 0.0f ? o[t][m][e] / l : __int_as_float(0x7fc00000));
+                }
+    }
+    mpk_sync();  // the next tile reuses the shared memory
+}
+
+// The prompt rows [nd, rows) of the batch in tiles of consecutive rows of one request (at most
+// MPK_ATTN_MMA_M / G rows), tile i taken by split i % R of R (row_first: this task's).
+MPK_DEV void mpk_attn_prompt_rows(const mpk_bf16 *qkv, const mpk_bf16 *k_cache, const mpk_bf16 *v_cache,
+                                  const mpk_bf16 *q_norm, const float *inv_freq, const mpk_batch *b,
+                                  const int32_t *row_entry, const int32_t *row_pos, const int32_t *entry_slot,
+                                  const int32_t *page_tables, int32_t nd, int32_t rows, int32_t row_first,
+                                  int32_t R, int32_t G, int32_t D, int32_t ld_qkv, int32_t page_size,
+                                  int64_t page_stride, float eps, float scale, mpk_bf16 *out, int32_t ld_out) {
+    const int32_t T = MPK_ATTN_MMA_M / G;
+    int32_t tile = 0;
+    for (int32_t r0 = nd; r0 < rows;) {
+        int32_t r1 = r0 + 1;
+        while (r1 < rows && r1 - r0 < T && row_entry[r1] == row_entry[r0]) r1++;
+        if (tile++ % R == row_first) {
+            const int32_t *pt = page_tables + (int64_t)entry_slot[row_entry[r0]] * b->max_pages_per_request;
+            if (D == 128)
+                mpk_attn_prompt_tile<128>(qkv, k_cache, v_cache, q_norm, inv_freq, b, pt, row_pos, r0, r1 - r0, G,
+                                          ld_qkv, page_size, page_stride, eps, scale, out, ld_out);
+            else
+                mpk_attn_prompt_tile<64>(qkv, k_cache, v_cache, q_norm, inv_freq, b, pt, row_pos, r0, r1 - r0, G,
+                                         ld_qkv, page_size, page_stride, eps, scale, out, ld_out);
+        }
+        r0 = r1;
+    }
+}
+#endif  // MPK_ATTN_MMA_BUILT
+
 // ---- a split of the row's positions (flash-decoding, task.h) -------------------------------------
 // After mpk_attn_row left this split's partial in its slot of the head's workspace ws (and its
 // closing barrier ordered those stores before thread 0): take a ticket; the A-th arrival combines
@@ -567,7 +819,17 @@ static __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_
     if (MPK_ATTN_MARK == 0) mpk_mark_inputs();
     if (ask) mpk_l2_ask_issue(ask);
 
-    for (int32_t r = row_first; r < rows; r += R) {
+    // Prompt rows on the tensor cores (the prompt kernel; mpk_attn_prompt_rows above) after the
+    // decode rows (the first of which may have its query prepared at the start of shared memory,
+    // which the tiles use), unless the output is on chip (ATTENTION_LINEAR keeps it at the top of
+    // the area the tiles use).
+#if MPK_ATTN_MMA_BUILT
+    const bool tiles = !split_now && !kvs && mpk_attn_mma_ok(G, D) && b->decode_rows < rows && !__isShared(out);
+#else
+    const bool tiles = false;
+#endif
+    const int32_t row_end = tiles ? b->decode_rows : rows;
+    for (int32_t r = row_first; r < row_end; r += R) {
         // (with kvs the product reads shared memory only: no page-table lookups)
         const int32_t *pt = kvs ? page_tables : page_tables + (int64_t)entry_slot[row_entry[r]] * b->max_pages_per_request;
         float *part = split_now ? ws + MPK_ATTENTION_SPLIT_HEADER + (int64_t)split * G * (D + 2) : nullptr;
@@ -575,6 +837,12 @@ static __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_
                      split_now ? t_lo : 0, split_now ? t_hi : row_pos[r] + 1, G, D, page_size,
                      page_stride, eps, scale, out + (int64_t)r * ld_out, part, r == row_first && early_q, kvs);
     }
+#if MPK_ATTN_MMA_BUILT
+    if (tiles)
+        mpk_attn_prompt_rows(qkv, k_cache, v_cache, q_norm, inv_freq, b, row_entry, row_pos, entry_slot, page_tables,
+                             b->decode_rows, rows, row_first, R, G, D, ld_qkv, page_size, page_stride, eps, scale, out,
+                             ld_out);
+#endif
     if (split_now) mpk_attn_split_finish(ws, A, G, D, out);
     if (MPK_ATTN_PRELOAD && threadIdx.x == 0) sm->pre_bad = 0;  // (after the body's last barrier)
 }
