@@ -460,6 +460,26 @@ Test(core, tile_blocks) {
     cr_expect_eq(layer_tile_block(k, "u", &n), 0);
     cr_expect_eq(layer_tile_block(k, "o", &n), 0);
     cr_expect_eq(layer_tile_block(k, "silu", &n), 0, "not a product");
+    // The checker proves the marks independently: blocks of 2 on u, whose consumers take one
+    // column slice each, or a block that straddles two events, are refused.
+    OK(k, mpk_graph_check(k));
+    mpk_graph *g = &k->graph;
+    for (int32_t t = 0; t < g->num_tasks; t++)
+        if (strcmp(k->layers[g->tasks[t].layer].name, "u") == 0) {
+            g->tasks[t].iparam[1] = 2;
+            g->tasks[t].iparam[2] = k->task_rec[t] - k->layers[g->tasks[t].layer].first_task;
+        }
+    cr_expect_eq(mpk_graph_check(k), MPK_ERR_INTERNAL);
+    cr_expect(strstr(mpk_last_error(k), "tile block of layer 'u'"), "%s", mpk_last_error(k));
+    for (int32_t t = 0; t < g->num_tasks; t++)
+        if (strcmp(k->layers[g->tasks[t].layer].name, "u") == 0) g->tasks[t].iparam[1] = 0;
+    OK(k, mpk_graph_check(k));
+    for (int32_t t = 0; t < g->num_tasks; t++)
+        if (strcmp(k->layers[g->tasks[t].layer].name, "o") == 0) {
+            g->tasks[t].iparam[1] = 4;
+            g->tasks[t].iparam[2] = 0;
+        }
+    cr_expect_eq(mpk_graph_check(k), MPK_ERR_INTERNAL, "o's marks lack the task indices");
     mpk_kernel_free(k);
     free(wy);
     free(wz);

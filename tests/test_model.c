@@ -925,6 +925,7 @@ Test(model, tile_blocks_of_a_decoder) {
         mpk_kernel *k = cpu_kernel(workers[i], 64, ctx[i]);
         cr_assert_eq(mpk_model_build(m, k, NULL), MPK_OK, "%s", mpk_last_error(k));
         cr_assert_eq(mpk_compile(k), MPK_OK, "%s", mpk_last_error(k));
+        cr_expect_eq(mpk_graph_check(k), MPK_OK, "%s", mpk_last_error(k));  // (the tile blocks too)
         const int fused = expect_fused(&c, 64, workers[i], ctx[i]);
         int32_t n, b;
         b = tile_block_of(k, "model.layers.0.down_proj", &n);

@@ -59,6 +59,57 @@ static mpk_status check_structure(mpk_kernel *k, int32_t *producer_count) {
     return MPK_OK;
 }
 
+// Tile blocks (compile.c: mark_tile_blocks): the GPU's prompt kernel gives each task of an
+// aligned block of B tasks of a product layer a share of the whole block's work, which is right
+// only if the block's tasks wait for the same event and every task is ordered after all of a
+// block or none of it (done_before: the closure bitsets below). Also the marks themselves: B a
+// power of two dividing the layer's tasks, iparam[2] the task's index in its layer.
+static int tile_marked(const mpk_task_desc *d) {
+    return mpk_task_is_product(d->type) && d->type != MPK_TASK_RESIDUAL_RMSNORM_LINEAR && d->iparam[1] != 0;
+}
+
+static mpk_status check_tile_blocks(mpk_kernel *k, const uint64_t *done_before, int64_t words) {
+    const mpk_graph *g = &k->graph;
+    const int32_t n = g->num_tasks;
+    int32_t *pos = malloc((size_t)k->num_recs * sizeof *pos);  // build-order record -> graph index
+    if (!pos) return mpk_fail(k, MPK_ERR_NOMEM, "graph check: out of memory");
+    for (int32_t i = 0; i < n; i++) pos[k->task_rec[i]] = i;
+    mpk_status st = MPK_OK;
+    for (int32_t li = 0; li < k->num_layers && st == MPK_OK; li++) {
+        const mpk_layer *L = &k->layers[li];
+        const mpk_task_desc *d0 = &g->tasks[pos[L->first_task]];
+        if (!tile_marked(d0)) continue;
+        const int32_t B = d0->iparam[1];
+        if (B < 2 || (B & (B - 1)) || L->num_tasks % B)
+            st = mpk_fail(k, MPK_ERR_INTERNAL, "graph check: layer '%s' has a tile block of %d for %d tasks", L->name, B,
+                          L->num_tasks);
+        for (int32_t j = 0; j < L->num_tasks && st == MPK_OK; j++) {
+            const mpk_task_desc *d = &g->tasks[pos[L->first_task + j]];
+            if (d->iparam[1] != B || d->iparam[2] != j)
+                st = mpk_fail(k, MPK_ERR_INTERNAL, "graph check: layer '%s' task %d is marked (%d, %d), not (%d, %d)",
+                              L->name, j, d->iparam[1], d->iparam[2], B, j);
+            else if (d->wait_event != g->tasks[pos[L->first_task + j / B * B]].wait_event)
+                st = mpk_fail(k, MPK_ERR_INTERNAL, "graph check: layer '%s' tasks %d and %d share a tile block but not an event",
+                              L->name, j / B * B, j);
+        }
+        for (int32_t i = 0; i < n && st == MPK_OK; i++) {
+            const uint64_t *set = &done_before[(int64_t)i * words];
+            for (int32_t b0 = 0; b0 < L->num_tasks && st == MPK_OK; b0 += B) {
+                int32_t in = 0;
+                for (int32_t j = b0; j < b0 + B; j++) {
+                    const int32_t t = pos[L->first_task + j];
+                    in += (set[t / 64] >> (t % 64)) & 1;
+                }
+                if (in != 0 && in != B)
+                    st = mpk_fail(k, MPK_ERR_INTERNAL, "graph check: task %d comes after %d of the %d tasks of a tile block of layer '%s'",
+                                  i, in, B, L->name);
+            }
+        }
+    }
+    free(pos);
+    return st;
+}
+
 mpk_status mpk_graph_check(mpk_kernel *k) {
     if (!k) return MPK_ERR_INVALID_ARG;
     const mpk_graph *g = &k->graph;
@@ -106,6 +157,7 @@ mpk_status mpk_graph_check(mpk_kernel *k) {
             st = mpk_fail(k, MPK_ERR_INTERNAL, "graph check: task %d may still run when the end event fires", i);
             goto out;
         }
+    if ((st = check_tile_blocks(k, done_before, words))) goto out;
     // Every conflicting pair of accesses is ordered.
     for (int32_t i = 0; i < n && st == MPK_OK; i++) {
         const mpk_task_rec *ri = &k->recs[k->task_rec[i]];
