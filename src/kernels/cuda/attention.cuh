@@ -394,6 +394,7 @@ static __device__ __noinline__ void mpk_attn_row(const mpk_bf16 *qkv_row, const 
 #define MPK_ATTN_MMA_BUILT 0
 #endif
 #define MPK_ATTN_MMA_M 64  // query vectors per tile
+#define MPK_ATTN_OFFS 1024  // rows whose cache offsets a pass of the prompt kernel's appends looks up
 #define MPK_ATTN_MMA_N 64  // positions per key block
 
 #if MPK_ATTN_MMA_BUILT
@@ -792,27 +793,50 @@ static __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_
     // Every row's k and v first: a prefill chunk's rows attend to each other's positions. Of a
     // split, only the last (it holds the row's position) appends.
     const int32_t append_rows = !split_now || split == A - 1 ? rows : 0;
-    for (int32_t r = warp; r < append_rows; r += nwarps) {
-        int64_t off = sm->pre_off;
-        if (!pre) {
-            const int32_t *pt = page_tables + (int64_t)entry_slot[row_entry[r]] * b->max_pages_per_request;
-            off = mpk_attn_cache_offset(b, pt, row_pos[r], D, page_size, page_stride);
-        }
-        if (off < 0) continue;
-        const mpk_bf16 *k = qkv + (int64_t)r * ld_qkv + (int64_t)G * D;  // (D), then v (D)
-        mpk_attn_prepare(k, k_norm, inv_freq, row_pos[r], D, eps, buf);
-        mpk_bf16 *ks = kvs ? kvs + (int64_t)row_pos[r] * 2 * D : (mpk_bf16 *)0;  // (the row's slot)
-        for (int32_t d = lane; d < D; d += 32) {
-            const mpk_bf16 kb = mpk_f2bf(buf[d]), vb = k[D + d];
-            k_cache[off + d] = kb;
-            v_cache[off + d] = vb;
-            if (ks) {
-                ks[d] = kb;
-                ks[D + d] = vb;
+    // A prompt chunk's rows (the prompt kernel): their cache offsets first, one row per thread,
+    // so that a warp's row after row is one round trip each, not three (the page-table lookups),
+    // MPK_ATTN_OFFS rows per pass, in shared memory below the per-warp key buffers (not where
+    // ATTENTION_LINEAR keeps its outputs).
+    int64_t *offs = (int64_t *)0;
+#if MPK_ATTN_MMA_BUILT
+    if (!pre && append_rows > nwarps && !__isShared(out))
+        offs = (int64_t *)((char *)mpk_dyn_smem() + MPK_DYN_SMEM_BYTES - (int64_t)nwarps * D * 4 - MPK_ATTN_OFFS * 8);
+#endif
+    const int32_t pass = offs ? MPK_ATTN_OFFS : (append_rows > 0 ? append_rows : 1);
+    for (int32_t a0 = 0; a0 < append_rows; a0 += pass) {
+        const int32_t a1 = min(append_rows, a0 + pass);
+        if (offs) {
+            for (int32_t r = a0 + threadIdx.x; r < a1; r += MPK_DEV_THREADS) {
+                const int32_t *pt = page_tables + (int64_t)entry_slot[row_entry[r]] * b->max_pages_per_request;
+                offs[r - a0] = mpk_attn_cache_offset(b, pt, row_pos[r], D, page_size, page_stride);
             }
+            mpk_sync();
         }
-        __syncwarp();
-        if (MPK_ATTN_MARK == 3) mpk_mark_inputs();  // (thread 0 only: row 0's warp)
+        for (int32_t r = a0 + warp; r < a1; r += nwarps) {
+            int64_t off = sm->pre_off;
+            if (offs) {
+                off = offs[r - a0];
+            } else if (!pre) {
+                const int32_t *pt = page_tables + (int64_t)entry_slot[row_entry[r]] * b->max_pages_per_request;
+                off = mpk_attn_cache_offset(b, pt, row_pos[r], D, page_size, page_stride);
+            }
+            if (off < 0) continue;
+            const mpk_bf16 *k = qkv + (int64_t)r * ld_qkv + (int64_t)G * D;  // (D), then v (D)
+            mpk_attn_prepare(k, k_norm, inv_freq, row_pos[r], D, eps, buf);
+            mpk_bf16 *ks = kvs ? kvs + (int64_t)row_pos[r] * 2 * D : (mpk_bf16 *)0;  // (the row's slot)
+            for (int32_t d = lane; d < D; d += 32) {
+                const mpk_bf16 kb = mpk_f2bf(buf[d]), vb = k[D + d];
+                k_cache[off + d] = kb;
+                v_cache[off + d] = vb;
+                if (ks) {
+                    ks[d] = kb;
+                    ks[D + d] = vb;
+                }
+            }
+            __syncwarp();
+            if (MPK_ATTN_MARK == 3) mpk_mark_inputs();  // (thread 0 only: row 0's warp)
+        }
+        if (offs) mpk_sync();  // the next pass overwrites offs
     }
     if (MPK_ATTN_PRELOAD) asm volatile("cp.async.wait_all;" ::: "memory");  // this thread's copies of the preload
     mpk_sync();  // the block's cache writes are visible to all its threads after this
