@@ -17,8 +17,9 @@
 //
 // Warps and columns: ceil(n / 8) column tiles; with fewer tiles than warps, ks warps share a tile,
 // each taking every ks-th step of K, and their sums meet in shared memory in a fixed order (results
-// repeat run to run). A warp holds sums for MPK_MMA_TILES tiles at once; wider tasks take several
-// passes over K (the LM head of a batch of sequences).
+// repeat run to run). A warp holds sums for TILES tiles at once (MPK_MMA_TILES, or
+// MPK_MMA_TILES_WIDE in the prompt kernel's tiles of rows x columns, linear.cuh); wider tasks take
+// several passes over K (the LM head of a batch of sequences).
 //
 // The staged rows: the input kinds of linear.cuh (plain, normalised, residual + normalised,
 // silu * up) give 8 elements of a row at a time (stage8), after prep() has computed what a row
