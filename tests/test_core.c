@@ -460,6 +460,11 @@ Test(core, tile_blocks) {
     cr_expect_eq(layer_tile_block(k, "u", &n), 0);
     cr_expect_eq(layer_tile_block(k, "o", &n), 0);
     cr_expect_eq(layer_tile_block(k, "silu", &n), 0, "not a product");
+    char *dump = NULL;
+    OK(k, mpk_graph_dump_string(k, &dump));
+    cr_expect(strstr(dump, "y                        grid (8, 1, 1)  8 tasks, prompt tiles in blocks of 2\n"), "%s", dump);
+    cr_expect(strstr(dump, "u                        grid (4, 1, 1)  4 tasks\n"), "%s", dump);
+    mpk_free_string(dump);
     // The checker proves the marks independently: blocks of 2 on u, whose consumers take one
     // column slice each, or a block that straddles two events, are refused.
     OK(k, mpk_graph_check(k));

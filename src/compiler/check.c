@@ -64,10 +64,6 @@ static mpk_status check_structure(mpk_kernel *k, int32_t *producer_count) {
 // only if the block's tasks wait for the same event and every task is ordered after all of a
 // block or none of it (done_before: the closure bitsets below). Also the marks themselves: B a
 // power of two dividing the layer's tasks, iparam[2] the task's index in its layer.
-static int tile_marked(const mpk_task_desc *d) {
-    return mpk_task_is_product(d->type) && d->type != MPK_TASK_RESIDUAL_RMSNORM_LINEAR && d->iparam[1] != 0;
-}
-
 static mpk_status check_tile_blocks(mpk_kernel *k, const uint64_t *done_before, int64_t words) {
     const mpk_graph *g = &k->graph;
     const int32_t n = g->num_tasks;
@@ -78,7 +74,8 @@ static mpk_status check_tile_blocks(mpk_kernel *k, const uint64_t *done_before, 
     for (int32_t li = 0; li < k->num_layers && st == MPK_OK; li++) {
         const mpk_layer *L = &k->layers[li];
         const mpk_task_desc *d0 = &g->tasks[pos[L->first_task]];
-        if (!tile_marked(d0)) continue;
+        if (!mpk_task_is_product(d0->type) || d0->type == MPK_TASK_RESIDUAL_RMSNORM_LINEAR || d0->iparam[1] == 0)
+            continue;  // (a mark of 1 or less is refused below: mpk_task_tile_block would ignore it)
         const int32_t B = d0->iparam[1];
         if (B < 2 || (B & (B - 1)) || L->num_tasks % B)
             st = mpk_fail(k, MPK_ERR_INTERNAL, "graph check: layer '%s' has a tile block of %d for %d tasks", L->name, B,

@@ -58,8 +58,11 @@ mpk_status mpk_graph_dump_string(mpk_kernel *k, char **out) {
     sb_printf(&b, "\nlayers:\n");
     for (int32_t i = 0; i < k->num_layers; i++) {
         const mpk_layer *L = &k->layers[i];
-        sb_printf(&b, "  L%-4d %-26s %-24s grid (%d, %d, %d)  %d tasks\n", i,
-                  mpk_task_type_name(L->op), L->name, L->grid.x, L->grid.y, L->grid.z, L->num_tasks);
+        const int32_t tb = L->num_tasks > 0 ? mpk_task_tile_block(&k->recs[L->first_task].desc) : 0;
+        sb_printf(&b, "  L%-4d %-26s %-24s grid (%d, %d, %d)  %d tasks", i, mpk_task_type_name(L->op), L->name,
+                  L->grid.x, L->grid.y, L->grid.z, L->num_tasks);
+        if (tb) sb_printf(&b, ", prompt tiles in blocks of %d", tb);
+        sb_printf(&b, "\n");
     }
     sb_printf(&b, "\nvariants:\n");
     for (int32_t i = 0; i < g->num_variants; i++) {

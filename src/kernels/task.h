@@ -172,6 +172,15 @@ static inline MPK_HD int mpk_task_is_product(int32_t type) {
            type == MPK_TASK_RESIDUAL_RMSNORM_LINEAR || type == MPK_TASK_SILU_MUL_LINEAR_RESIDUAL;
 }
 
+// The tile block of a product task (compile.c: mark_tile_blocks): the GPU's prompt kernel gives
+// each task of an aligned block of B tasks of its layer a share of the block's rows x columns;
+// 0 when the layer has none. iparam[2] is then the task's index in its layer. (The fused
+// RESIDUAL_RMSNORM_LINEAR keeps its x_out columns in iparam[0..1] and has no blocks.)
+static inline MPK_HD int32_t mpk_task_tile_block(const mpk_task_desc *d) {
+    const int tiled = mpk_task_is_product(d->type) && d->type != MPK_TASK_RESIDUAL_RMSNORM_LINEAR;
+    return tiled && d->iparam[1] >= 2 ? d->iparam[1] : 0;
+}
+
 // Event flags.
 #define MPK_EVENT_FLAG_JIT 1u  // its tasks are dispatched when it fires, not at iteration begin
 #define MPK_EVENT_FLAG_END 2u  // the end-of-iteration event: firing it runs prepare_next_batch
