@@ -409,6 +409,17 @@ MPK_DEV int32_t mpk_attn_sw(int32_t r, int32_t c, int32_t units) {
     return r * units * 8 + mpk_mma_unit(r, c >> 3) * 8 + (c & 7);
 }
 
+// One step of 32 elements of K for rows [m16, m16 + 16) of A (bf16 in shared memory, ld elements a
+// row, swizzled) against the lane's 16 bytes b of an 8-column tile: gemm.cuh's fragments (a lane's
+// elements 0-3 in the first MMA, 4-7 in the second, in A and b alike), un the step's 16-byte unit.
+MPK_DEV void mpk_attn_mma_step(float d[4], const mpk_bf16 *a, int32_t ld, int32_t m16, int32_t un, uint4 b) {
+    const int32_t ra = m16 + (int32_t)(threadIdx.x % 32 >> 2), rb = ra + 8;
+    const uint4 lo = *(const uint4 *)(a + (int64_t)ra * ld + mpk_mma_unit(ra, un) * 8);
+    const uint4 hi = *(const uint4 *)(a + (int64_t)rb * ld + mpk_mma_unit(rb, un) * 8);
+    mpk_mma_bf16(d, lo.x, hi.x, lo.y, hi.y, b.x, b.y);
+    mpk_mma_bf16(d, lo.z, hi.z, lo.w, hi.w, b.z, b.w);
+}
+
 template <int D>
 static __device__ __noinline__ void mpk_attn_prompt_tile(const mpk_bf16 *qkv, const mpk_bf16 *k_cache,
                                                          const mpk_bf16 *v_cache, const mpk_bf16 *q_norm,
@@ -480,13 +491,7 @@ static __device__ __noinline__ void mpk_attn_prompt_tile(const mpk_bf16 *qkv, co
                 const int32_t j = warp * 8 + g8, un = st * 4 + q4;
                 const uint4 kf = *(const uint4 *)(Ks + (int64_t)j * D + mpk_mma_unit(j, un) * 8);
 #pragma unroll
-                for (int m = 0; m < 4; m++) {
-                    const int32_t ra = m * 16 + g8, rb = ra + 8;
-                    const uint4 lo = *(const uint4 *)(Qs + (int64_t)ra * D + mpk_mma_unit(ra, un) * 8);
-                    const uint4 hi = *(const uint4 *)(Qs + (int64_t)rb * D + mpk_mma_unit(rb, un) * 8);
-                    mpk_mma_bf16(sc[m], lo.x, hi.x, lo.y, hi.y, kf.x, kf.y);
-                    mpk_mma_bf16(sc[m], lo.z, hi.z, lo.w, hi.w, kf.z, kf.w);
-                }
+                for (int m = 0; m < 4; m++) mpk_attn_mma_step(sc[m], Qs, D, m * 16, un, kf);
             }
             // Scores, masked: causal (a row attends to positions up to its own), unmapped
             // positions, and NaN scores (the row path: a NaN score attends to nothing).
@@ -563,16 +568,9 @@ static __device__ __noinline__ void mpk_attn_prompt_tile(const mpk_bf16 *qkv, co
                     const int32_t j = (warp * OT + t) * 8 + g8;  // the column d of O
                     const uint4 vf = *(const uint4 *)(Vt + (int64_t)j * N + mpk_mma_unit(j, un) * 8);
 #pragma unroll
-                    for (int m = 0; m < 4; m++) {
-                        const int32_t ra = m * 16 + g8, rb = ra + 8;
-                        const uint4 lo = *(const uint4 *)(Ph + (int64_t)ra * N + mpk_mma_unit(ra, un) * 8);
-                        const uint4 hi = *(const uint4 *)(Ph + (int64_t)rb * N + mpk_mma_unit(rb, un) * 8);
-                        const uint4 lo2 = *(const uint4 *)(Pl + (int64_t)ra * N + mpk_mma_unit(ra, un) * 8);
-                        const uint4 hi2 = *(const uint4 *)(Pl + (int64_t)rb * N + mpk_mma_unit(rb, un) * 8);
-                        mpk_mma_bf16(o[t][m], lo.x, hi.x, lo.y, hi.y, vf.x, vf.y);
-                        mpk_mma_bf16(o[t][m], lo.z, hi.z, lo.w, hi.w, vf.z, vf.w);
-                        mpk_mma_bf16(o[t][m], lo2.x, hi2.x, lo2.y, hi2.y, vf.x, vf.y);
-                        mpk_mma_bf16(o[t][m], lo2.z, hi2.z, lo2.w, hi2.w, vf.z, vf.w);
+                    for (int m = 0; m < 4; m++) {  // p = hi + lo
+                        mpk_attn_mma_step(o[t][m], Ph, N, m * 16, un, vf);
+                        mpk_attn_mma_step(o[t][m], Pl, N, m * 16, un, vf);
                     }
                 }
             }
