@@ -270,26 +270,20 @@ static int tileable(const mpk_kernel *k, const mpk_layer *L) {
     }
 }
 
+static int32_t layer_of(const mpk_kernel *k, int32_t t) { return (int32_t)k->recs[t].desc.layer; }
+
 static mpk_status mark_tile_blocks(compiler *c, const int32_t *task_event) {
     mpk_kernel *k = c->k;
     uint32_t *runs = calloc((size_t)k->num_layers, sizeof *runs);  // OR of run bounds per layer
-    int32_t *layer_of = malloc((size_t)c->n * sizeof *layer_of);
-    if (!runs || !layer_of) {
-        free(runs);
-        free(layer_of);
-        return mpk_fail(k, MPK_ERR_NOMEM, "out of memory");
-    }
-    for (int32_t li = 0; li < k->num_layers; li++)
-        for (int32_t t = k->layers[li].first_task; t < k->layers[li].first_task + k->layers[li].num_tasks; t++)
-            layer_of[t] = li;
+    if (!runs) return mpk_fail(k, MPK_ERR_NOMEM, "out of memory");
     // Runs of consecutive producers within one layer (reduce() left each set ascending; a layer's
     // tasks are consecutive in build order): [s, e) in layer-local indices.
     for (int32_t v = 0; v < c->n; v++) {
         const int64_t b = c->dep_begin[v], e = c->dep_begin[v + 1];
         for (int64_t i = b; i < e;) {
-            const int32_t d0 = c->deps.v[i], li = layer_of[d0];
+            const int32_t d0 = c->deps.v[i], li = layer_of(k, d0);
             int64_t j = i + 1;
-            while (j < e && c->deps.v[j] == c->deps.v[j - 1] + 1 && layer_of[c->deps.v[j]] == li) j++;
+            while (j < e && c->deps.v[j] == c->deps.v[j - 1] + 1 && layer_of(k, c->deps.v[j]) == li) j++;
             const int32_t s = d0 - k->layers[li].first_task;
             runs[li] |= (uint32_t)s | (uint32_t)(s + (j - i));
             i = j;
@@ -310,7 +304,6 @@ static mpk_status mark_tile_blocks(compiler *c, const int32_t *task_event) {
         }
     }
     free(runs);
-    free(layer_of);
     return MPK_OK;
 }
 
