@@ -92,6 +92,72 @@ MPK_DEV void mpk_attn_prepare(const mpk_bf16 *x, const mpk_bf16 *norm_w, const f
         mpk_attn_prepare_head(x, norm_w, inv_freq, pos, D, eps, dst);
 }
 
+// The prompt kernel's appends: rows [a0, a1) of a chunk, their cache offsets looked up already
+// (offs[r - a0], -1 = not mapped), MPK_ATTN_APPEND_ROWS rows per warp at once, so that a warp's
+// loads of several rows are in flight together (one row at a time, each row was two dependent
+// round trips: 63 of a Qwen3-0.6B attention task's 155 us at 512 rows, bench/NOTES.md v16; now
+// 41, the stage 186 -> 165 us per layer, v17). The same operations and rounding as
+// mpk_attn_prepare_head_reg, stored straight from registers. 1, 4 and 8 rows per warp measured
+// alike (pp512; the k and v loads of one row are in flight together either way).
+#ifndef MPK_ATTN_APPEND_ROWS
+#define MPK_ATTN_APPEND_ROWS 4
+#endif
+template <int ND>
+MPK_DEV void mpk_attn_append_rows(const mpk_bf16 *qkv, const int64_t *offs, const int32_t *row_pos, int32_t a0,
+                                  int32_t a1, int32_t G, int32_t ld_qkv, const mpk_bf16 *norm_w,
+                                  const float *inv_freq, float eps, mpk_bf16 *k_cache, mpk_bf16 *v_cache) {
+    constexpr int RB = MPK_ATTN_APPEND_ROWS, D = 32 * ND;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = MPK_DEV_THREADS / 32;
+    float nw[ND], fr[ND / 2 > 0 ? ND / 2 : 1];
+#pragma unroll
+    for (int i = 0; i < ND; i++) nw[i] = norm_w ? mpk_bf2f(norm_w[lane + 32 * i]) : 1.0f;
+#pragma unroll
+    for (int i = 0; i < ND / 2; i++) fr[i] = inv_freq ? inv_freq[lane + 32 * i] : 0.0f;
+    for (int32_t r0 = a0 + warp * RB; r0 < a1; r0 += nwarps * RB) {
+        float k[RB][ND];
+        mpk_bf16 v[RB][ND];
+        int64_t off[RB];
+#pragma unroll
+        for (int j = 0; j < RB; j++) {
+            off[j] = r0 + j < a1 ? offs[r0 + j - a0] : -1;
+            const mpk_bf16 *x = qkv + (int64_t)min(r0 + j, a1 - 1) * ld_qkv + (int64_t)G * D;  // (D), then v (D)
+#pragma unroll
+            for (int i = 0; i < ND; i++) {
+                k[j][i] = mpk_bf2f(x[lane + 32 * i]);
+                v[j][i] = x[D + lane + 32 * i];
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < RB; j++) {
+            if (norm_w) {
+                float ss = 0.0f;
+#pragma unroll
+                for (int i = 0; i < ND; i++) ss = fmaf(k[j][i], k[j][i], ss);
+                const float scale = 1.0f / sqrtf(mpk_warp_sum(ss) / (float)D + eps);
+#pragma unroll
+                for (int i = 0; i < ND; i++) k[j][i] = mpk_rms_elem(k[j][i], scale, nw[i]);
+            }
+            if (inv_freq) {
+                const int32_t pos = row_pos[min(r0 + j, a1 - 1)];
+#pragma unroll
+                for (int i = 0; i < ND / 2; i++) {
+                    float sn, cs;
+                    sincosf((float)pos * fr[i], &sn, &cs);
+                    const float x1 = k[j][i], x2 = k[j][i + ND / 2];
+                    k[j][i] = mpk_round_bf(x1 * cs - x2 * sn);
+                    k[j][i + ND / 2] = mpk_round_bf(x2 * cs + x1 * sn);
+                }
+            }
+            if (off[j] < 0) continue;
+#pragma unroll
+            for (int i = 0; i < ND; i++) {
+                k_cache[off[j] + lane + 32 * i] = mpk_f2bf(k[j][i]);
+                v_cache[off[j] + lane + 32 * i] = v[j][i];
+            }
+        }
+    }
+}
+
 // Offset of position p in this head's cache, or -1 when the batch does not map it.
 MPK_DEV int64_t mpk_attn_cache_offset(const mpk_batch *b, const int32_t *page_table, int32_t p,
                                       int32_t D, int32_t page_size, int64_t page_stride) {
@@ -809,6 +875,14 @@ static __device__ __noinline__ void mpk_attention_cuda(const mpk_bf16 *qkv, mpk_
                 offs[r - a0] = mpk_attn_cache_offset(b, pt, row_pos[r], D, page_size, page_stride);
             }
             mpk_sync();
+            if (D == 128 || D == 64) {
+                if (D == 128)
+                    mpk_attn_append_rows<4>(qkv, offs, row_pos, a0, a1, G, ld_qkv, k_norm, inv_freq, eps, k_cache, v_cache);
+                else
+                    mpk_attn_append_rows<2>(qkv, offs, row_pos, a0, a1, G, ld_qkv, k_norm, inv_freq, eps, k_cache, v_cache);
+                mpk_sync();  // the next pass overwrites offs
+                continue;
+            }
         }
         for (int32_t r = a0 + warp; r < a1; r += nwarps) {
             int64_t off = sm->pre_off;

@@ -154,6 +154,16 @@ MPK_DEV void mpk_mark_inputs() {
 #ifndef MPK_DYN_SMEM_BYTES
 #define MPK_DYN_SMEM_BYTES (128 * 1024)
 #endif
+// The prompt kernel's wide tiles of rows x columns (gemm.cuh): 1 = their weights through a
+// cp.async ring in shared memory (mpk_gemm_wide), 0 = loaded into registers (mpk_gemm_rows).
+#ifndef MPK_GEMM_RING
+#define MPK_GEMM_RING 1
+#endif
+// The prompt kernel's blocks get this much more for that ring; 80 KB keeps a block within the
+// SM's 227 KB with the ~17 KB of static shared memory.
+#ifndef MPK_PROMPT_SMEM_EXTRA
+#define MPK_PROMPT_SMEM_EXTRA (MPK_GEMM_RING ? 80 * 1024 : 0)
+#endif
 MPK_DEV uint4 *mpk_dyn_smem() {
     extern __shared__ uint4 mpk_dyn_smem_area[];
     return mpk_dyn_smem_area;

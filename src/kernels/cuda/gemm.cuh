@@ -53,6 +53,20 @@
 #define MPK_MMA 1
 #endif
 
+// The prompt kernel's wide tiles: MPK_GEMM_RING (common.cuh) 1 = mpk_gemm_wide below.
+#define MPK_GEMM_WIDE_TILES 4  // column tiles per warp per pass
+// Steps of 32 elements of K in the ring (MPK_GEMM_RING_STEPS - 1 in flight): what 96 KB holds.
+#ifndef MPK_GEMM_RING_STEPS
+#define MPK_GEMM_RING_STEPS (96 * 1024 / (MPK_DEV_THREADS * 16 * MPK_GEMM_WIDE_TILES))
+#endif
+// Input pieces a thread stages at once there (its sums are live meanwhile; 2 and 4 measured alike).
+#ifndef MPK_GEMM_STAGE_BATCH
+#define MPK_GEMM_STAGE_BATCH 2
+#endif
+#define MPK_GEMM_RING_BYTES (MPK_GEMM_RING_STEPS * MPK_DEV_THREADS * 16 * MPK_GEMM_WIDE_TILES)
+// The staging area before the ring: the task area and the prompt kernel's extra, less the ring.
+#define MPK_GEMM_STAGE_BYTES (MPK_DYN_SMEM_BYTES + MPK_PROMPT_SMEM_EXTRA - MPK_GEMM_RING_BYTES)
+
 MPK_DEV void mpk_mma_bf16(float d[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                           uint32_t b1) {
     asm volatile(
@@ -64,6 +78,95 @@ MPK_DEV void mpk_mma_bf16(float d[4], uint32_t a0, uint32_t a1, uint32_t a2, uin
 
 // Where row r's 16-byte unit u of the staged chunk lives (in units of 8 elements).
 MPK_DEV int32_t mpk_mma_unit(int32_t r, int32_t u) { return u ^ ((r & 1) << 2); }
+
+// Rows [r0, r0 + nr) of the input, columns [k0, k0 + KC) of K, into the staging area xs (M rows
+// of KC elements, rows past nr and elements past K zero): a thread loads its XRows::batch pieces
+// before storing the first (one at a time they form a chain of round trips; measured no faster on
+// Qwen3-8B, where the products wait on their weight loads instead: bench/NOTES.md v13).
+// BATCH (at most XRows::batch) bounds the registers held.
+template <class XRows, int BATCH = XRows::batch>
+MPK_DEV void mpk_gemm_stage(const XRows &xr, mpk_bf16 *xs, const float *scale, int32_t r0, int32_t nr, int32_t M,
+                            int32_t k0, int32_t KC, int32_t K) {
+    const int32_t units = KC / 8, total = M * units;
+    for (int32_t i0 = threadIdx.x; i0 < total; i0 += MPK_DEV_THREADS * BATCH) {
+        uint4 v[BATCH];
+#pragma unroll
+        for (int bi = 0; bi < BATCH; bi++) {
+            const int32_t i = i0 + bi * MPK_DEV_THREADS, r = i / units, k = k0 + (i % units) * 8;
+            v[bi] = make_uint4(0u, 0u, 0u, 0u);
+            if (i < total && r < nr && k < K) v[bi] = xr.stage8(r0 + r, k, scale[r]);
+        }
+#pragma unroll
+        for (int bi = 0; bi < BATCH; bi++) {
+            const int32_t i = i0 + bi * MPK_DEV_THREADS, r = i / units;
+            if (i < total) *(uint4 *)(xs + (int64_t)r * KC + mpk_mma_unit(r, i % units) * 8) = v[bi];
+        }
+    }
+}
+
+template <int TILES>
+MPK_DEV void mpk_gemm_zero(float (&acc)[TILES][4][4]) {
+#pragma unroll
+    for (int t = 0; t < TILES; t++)
+#pragma unroll
+        for (int m = 0; m < 4; m++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[t][m][e] = 0.0f;
+}
+
+// One step of 32 elements of K (step st of the staged chunk) for the lane's TILES column tiles:
+// wv[t] the lane's 16 bytes of tile t's weight row (elements 32 st + 8 q ..), the A fragments from
+// xs. Tiles t with live[t] false are skipped.
+template <int TILES>
+MPK_DEV void mpk_gemm_step(float (&acc)[TILES][4][4], const uint4 (&wv)[TILES], const mpk_bf16 *xs, int32_t KC,
+                           int32_t st, int32_t MT, const bool (&live)[TILES]) {
+    const int lane = threadIdx.x % 32, g = lane >> 2, q = lane & 3;
+    const int32_t un = st * 4 + q;
+#pragma unroll
+    for (int m = 0; m < 4; m++) {
+        if (m >= MT) break;
+        const int32_t ra = m * 16 + g, rb = ra + 8;  // the lane's two rows
+        const uint4 lo = *(const uint4 *)(xs + (int64_t)ra * KC + mpk_mma_unit(ra, un) * 8);
+        const uint4 hi = *(const uint4 *)(xs + (int64_t)rb * KC + mpk_mma_unit(rb, un) * 8);
+#pragma unroll
+        for (int t = 0; t < TILES; t++) {
+            if (!live[t]) continue;
+            mpk_mma_bf16(acc[t][m], lo.x, hi.x, lo.y, hi.y, wv[t].x, wv[t].y);
+            mpk_mma_bf16(acc[t][m], lo.z, hi.z, lo.w, hi.w, wv[t].z, wv[t].w);
+        }
+    }
+}
+
+// The sums of the lane's tiles (tile t is column tile tile0 + t * tstride) into out (bf16, + res)
+// or outf (fp32), rows [r0, r0 + nr).
+template <int TILES>
+MPK_DEV void mpk_gemm_store(const float (&acc)[TILES][4][4], int32_t tile0, int32_t tstride, int32_t tiles,
+                            int32_t r0, int32_t nr, int32_t MT, int32_t n, const mpk_bf16 *res, mpk_bf16 *out,
+                            float *outf, int32_t ld_res, int32_t ld_out) {
+    const int lane = threadIdx.x % 32, g = lane >> 2, q = lane & 3;
+#pragma unroll
+    for (int t = 0; t < TILES; t++) {
+        const int32_t tile = tile0 + t * tstride;
+        if (tile >= tiles) break;
+#pragma unroll
+        for (int m = 0; m < 4; m++) {
+            if (m >= MT) break;
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int32_t r = m * 16 + g + (e >> 1) * 8, j = tile * 8 + q * 2 + (e & 1);
+                if (r >= nr || j >= n) continue;
+                const int64_t row = r0 + r;
+                float s = acc[t][m][e];
+                if (outf) {
+                    outf[row * ld_out + j] = s;
+                    continue;
+                }
+                if (res) s += mpk_bf2f(res[row * ld_res + j]);
+                out[row * ld_out + j] = mpk_f2bf(s);
+            }
+        }
+    }
+}
 
 // out[r][j] = bf16(sum_k x[r][k] * w[j][k] (+ res[r][j])), or the fp32 sum into outf when set,
 // for rows [row0, rows) and columns [0, n). A row's sums do not depend on the other rows, on the
@@ -86,7 +189,7 @@ __device__ __noinline__ void mpk_gemm_rows(XRows xr, const mpk_bf16 *w, const mp
         // Chunks of K: as long as the staging area allows, of equal length, multiples of 64.
         const int32_t kc_max = MPK_DYN_SMEM_BYTES / 2 / M / 64 * 64;  // (the staging area, bf16)
         const int32_t nch = (K64 + kc_max - 1) / kc_max;
-        const int32_t KC = ((K64 + nch - 1) / nch + 63) / 64 * 64, units = KC / 8;
+        const int32_t KC = ((K64 + nch - 1) / nch + 63) / 64 * 64;
         const int32_t ks = tiles >= nwarps ? 1 : min(nwarps / tiles, KC / 32);
         const int32_t slots = nwarps / ks, seg = warp % ks, slot = warp / ks;
         const bool busy = slot < slots;
@@ -97,31 +200,9 @@ __device__ __noinline__ void mpk_gemm_rows(XRows xr, const mpk_bf16 *w, const mp
         mpk_sync();
         for (int32_t t0 = 0; t0 < tiles; t0 += slots * TILES) {
             float acc[TILES][4][4];
-#pragma unroll
-            for (int t = 0; t < TILES; t++)
-#pragma unroll
-                for (int m = 0; m < 4; m++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) acc[t][m][e] = 0.0f;
+            mpk_gemm_zero<TILES>(acc);
             for (int32_t k0 = 0; k0 < K; k0 += KC) {
-                // A thread loads its XRows::batch pieces before storing the first (one at a time
-                // they form a chain of round trips; measured no faster on Qwen3-8B, where the
-                // products wait on their weight loads instead: bench/NOTES.md v13).
-                const int32_t total = once && t0 > 0 ? 0 : M * units;
-                for (int32_t i0 = threadIdx.x; i0 < total; i0 += MPK_DEV_THREADS * XRows::batch) {
-                    uint4 v[XRows::batch];
-#pragma unroll
-                    for (int bi = 0; bi < XRows::batch; bi++) {
-                        const int32_t i = i0 + bi * MPK_DEV_THREADS, r = i / units, k = k0 + (i % units) * 8;
-                        v[bi] = make_uint4(0u, 0u, 0u, 0u);
-                        if (i < total && r < nr && k < K) v[bi] = xr.stage8(r0 + r, k, scale[r]);
-                    }
-#pragma unroll
-                    for (int bi = 0; bi < XRows::batch; bi++) {
-                        const int32_t i = i0 + bi * MPK_DEV_THREADS, r = i / units;
-                        if (i < total) *(uint4 *)(xs + (int64_t)r * KC + mpk_mma_unit(r, i % units) * 8) = v[bi];
-                    }
-                }
+                if (!(once && t0 > 0)) mpk_gemm_stage(xr, xs, scale, r0, nr, M, k0, KC, K);
                 mpk_sync();
                 if (!marked) {
                     mpk_mark_inputs();
@@ -143,24 +224,14 @@ __device__ __noinline__ void mpk_gemm_rows(XRows xr, const mpk_bf16 *w, const mp
                                 wv[u][t] = mpk_ld16_ro(w + (int64_t)j * ld_w + k);
                             }
                         }
+                    bool live[TILES];
+#pragma unroll
+                    for (int t = 0; t < TILES; t++) live[t] = t0 + slot + t * slots < tiles;
 #pragma unroll
                     for (int u = 0; u < MPK_MMA_UNROLL; u++) {
                         const int32_t st = s0 + u * ks;
                         if (st >= steps) break;
-                        const int32_t un = st * 4 + q;
-#pragma unroll
-                        for (int m = 0; m < 4; m++) {
-                            if (m >= MT) break;
-                            const int32_t ra = m * 16 + g, rb = ra + 8;  // the lane's two rows
-                            const uint4 lo = *(const uint4 *)(xs + (int64_t)ra * KC + mpk_mma_unit(ra, un) * 8);
-                            const uint4 hi = *(const uint4 *)(xs + (int64_t)rb * KC + mpk_mma_unit(rb, un) * 8);
-#pragma unroll
-                            for (int t = 0; t < TILES; t++) {
-                                if (t0 + slot + t * slots >= tiles) break;
-                                mpk_mma_bf16(acc[t][m], lo.x, hi.x, lo.y, hi.y, wv[u][t].x, wv[u][t].y);
-                                mpk_mma_bf16(acc[t][m], lo.z, hi.z, lo.w, hi.w, wv[u][t].z, wv[u][t].w);
-                            }
-                        }
+                        mpk_gemm_step<TILES>(acc, wv[u], xs, KC, st, MT, live);
                     }
                 }
                 mpk_sync();  // the next chunk (or the partial sums) overwrite xs
@@ -189,33 +260,98 @@ __device__ __noinline__ void mpk_gemm_rows(XRows xr, const mpk_bf16 *w, const mp
                                 for (int e = 0; e < 4; e++) acc[t][m][e] += part[(s - 1) * seg_stride + (t * 16 + m * 4 + e) * 32];
                 }
             }
-            if (busy && seg == 0) {
-#pragma unroll
-                for (int t = 0; t < TILES; t++) {
-                    const int32_t tile = t0 + slot + t * slots;
-                    if (tile >= tiles) break;
-#pragma unroll
-                    for (int m = 0; m < 4; m++) {
-                        if (m >= MT) break;
-#pragma unroll
-                        for (int e = 0; e < 4; e++) {
-                            const int32_t r = m * 16 + g + (e >> 1) * 8, j = tile * 8 + q * 2 + (e & 1);
-                            if (r >= nr || j >= n) continue;
-                            const int64_t row = r0 + r;
-                            float s = acc[t][m][e];
-                            if (outf) {
-                                outf[row * ld_out + j] = s;
-                                continue;
-                            }
-                            if (res) s += mpk_bf2f(res[row * ld_res + j]);
-                            out[row * ld_out + j] = mpk_f2bf(s);
-                        }
-                    }
-                }
-            }
+            if (busy && seg == 0)
+                mpk_gemm_store<TILES>(acc, t0 + slot, slots, tiles, r0, nr, MT, n, res, out, outf, ld_res, ld_out);
             if (ks > 1) mpk_sync();  // the next pass stages over the partial sums
         }
     }
 }
+
+#if MPK_GEMM_RING
+// The prompt kernel's tiles of rows x columns (linear.cuh: mpk_gemv with a tile block): a task
+// multiplies up to 64 rows by hundreds of columns, so each pass over K restages the rows, and
+// with the weights loaded into registers (mpk_gemm_rows) a warp holds only MPK_MMA_UNROLL steps of
+// two column tiles in flight: Qwen3-8B's products ran at 50-88 TFLOP/s (bench/NOTES.md v16).
+// Here each lane copies its own 16 bytes of each of its MPK_GEMM_WIDE_TILES tiles' weight rows per
+// step with cp.async into a ring of MPK_GEMM_RING_STEPS steps in shared memory after the staging
+// area (the prompt kernel's extra MPK_PROMPT_SMEM_EXTRA bytes), MPK_GEMM_RING_STEPS - 1 steps
+// ahead, across the staged chunks of K: more bytes in flight without holding registers, and
+// twice the columns per pass (half the restaging). A lane reads back only its own copies, so the
+// ring needs no barrier; the slot a copy overwrites was read into registers a step earlier. Same
+// products in the same order per (row, column) as mpk_gemm_rows with ks = 1. For warps with at
+// least two tiles (linear.cuh: MPK_GEMM_RING_MIN_TILES); measured (bench/NOTES.md v17, H100) on
+// thin tasks the register path is faster (Qwen3-0.6B's o_proj and down: 1 tile a warp, 8 MMAs a
+// step), and copies grouped several steps at a time for such warps did not change that.
+template <class XRows>
+__device__ __noinline__ void mpk_gemm_wide(XRows xr, const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf16 *out,
+                                           int32_t row0, int32_t rows, int32_t K, int32_t n, int32_t ld_w,
+                                           int32_t ld_res, int32_t ld_out) {
+    constexpr int TW = MPK_GEMM_WIDE_TILES, DS = MPK_GEMM_RING_STEPS;
+    static_assert(DS >= 2, "the weight ring needs two steps");
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = MPK_DEV_THREADS / 32;
+    const int g = lane >> 2, q = lane & 3;
+    const int32_t tiles = (n + 7) / 8, K64 = (K + 63) / 64 * 64, ksteps = (K + 31) / 32;
+    mpk_bf16 *xs = (mpk_bf16 *)mpk_dyn_smem();
+    // The lane's slot (step d, tile t): 16 bytes, the block's lanes side by side.
+    char *ring = (char *)mpk_dyn_smem() + MPK_GEMM_STAGE_BYTES + threadIdx.x * 16;
+    const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(ring);
+    float *scale = mpk_smem()->f + MPK_SCRATCH_FLOATS - MPK_MMA_MAX_M;  // (the tile's rows)
+    bool marked = false;
+    for (int32_t r0 = row0; r0 < rows; r0 += MPK_MMA_MAX_M) {
+        const int32_t nr = min(MPK_MMA_MAX_M, rows - r0), M = (nr + 15) / 16 * 16, MT = M / 16;
+        const int32_t kc_max = MPK_GEMM_STAGE_BYTES / 2 / M / 64 * 64;
+        const int32_t nch = (K64 + kc_max - 1) / kc_max;
+        const int32_t KC = ((K64 + nch - 1) / nch + 63) / 64 * 64;
+        xr.prep(r0, nr, scale);
+        mpk_sync();
+        for (int32_t t0 = 0; t0 < tiles; t0 += nwarps * TW) {
+            bool live[TW];
+#pragma unroll
+            for (int t = 0; t < TW; t++) live[t] = t0 + warp + t * nwarps < tiles;
+            // Step s's copies (a group; empty past K) into slot s % DS.
+            auto issue = [&](int32_t s) {
+                if (s < ksteps) {
+#pragma unroll
+                    for (int t = 0; t < TW; t++) {
+                        const int32_t k = s * 32 + q * 8, j = min((t0 + warp + t * nwarps) * 8 + g, n - 1);
+                        const bool in = live[t] && k < K;  // (else zeros; j clamped: a partial last tile)
+                        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(
+                                         ring_s + (uint32_t)(((s % DS) * TW + t) * MPK_DEV_THREADS * 16)),
+                                     "l"(w + (int64_t)j * ld_w + (in ? k : 0)), "r"(in ? 16u : 0u)
+                                     : "memory");
+                    }
+                }
+                asm volatile("cp.async.commit_group;" ::: "memory");
+            };
+            float acc[TW][4][4];
+            mpk_gemm_zero<TW>(acc);
+            for (int32_t s = 0; s < DS - 1; s++) issue(s);
+            for (int32_t k0 = 0; k0 < K; k0 += KC) {
+                if (!(nch == 1 && t0 > 0))
+                    mpk_gemm_stage<XRows, (XRows::batch < MPK_GEMM_STAGE_BATCH ? XRows::batch : MPK_GEMM_STAGE_BATCH)>(
+                        xr, xs, scale, r0, nr, M, k0, KC, K);
+                mpk_sync();
+                if (!marked) {
+                    mpk_mark_inputs();
+                    marked = true;
+                }
+                const int32_t steps = min(KC, K - k0 + 31) / 32, s0 = k0 / 32;
+                for (int32_t st = 0; st < steps; st++) {
+                    const int32_t s = s0 + st;
+                    asm volatile("cp.async.wait_group %0;" ::"n"(DS - 2) : "memory");  // step s is in
+                    uint4 wv[TW];
+#pragma unroll
+                    for (int t = 0; t < TW; t++) wv[t] = *(const uint4 *)(ring + ((s % DS) * TW + t) * MPK_DEV_THREADS * 16);
+                    issue(s + DS - 1);  // into the slot read at step s - 1
+                    mpk_gemm_step<TW>(acc, wv, xs, KC, st, MT, live);
+                }
+                mpk_sync();  // the next chunk overwrites xs
+            }
+            asm volatile("cp.async.wait_all;" ::: "memory");  // (the groups past K) before the next pass
+            mpk_gemm_store<TW>(acc, t0 + warp, nwarps, tiles, r0, nr, MT, n, res, out, (float *)0, ld_res, ld_out);
+        }
+    }
+}
+#endif
 
 #endif  // MPK_KERNELS_CUDA_GEMM_CUH

@@ -380,6 +380,12 @@ MPK_DEV bool mpk_gemv_streamed(XRows &xr, const mpk_bf16 *res, mpk_bf16 *out, in
 // one per MPK_MMA_MAX_M rows), and task j takes share j % R for the columns of all R tasks of
 // its aligned group of R: each weight is read by R tasks instead of once per 64-row tile by one,
 // and each input row by the layer's tasks / R instead of by every task (bench/NOTES.md v16).
+// The wide tiles take the weight ring (gemm.cuh: mpk_gemm_wide) when there are at least this many
+// 8-column tiles per warp. pp512 ms/token on the H100 (bench/NOTES.md v17), this rule / always /
+// never: Qwen3-0.6B 0.027 / 0.029 / 0.027, 1.7B 0.047 / 0.050 / 0.052, 8B 0.147 / 0.147 / 0.203.
+#ifndef MPK_GEMM_RING_MIN_TILES
+#define MPK_GEMM_RING_MIN_TILES 2
+#endif
 template <class XRows>
 MPK_DEV void mpk_gemv(XRows &xr, const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf16 *out,
                       int32_t rows, int32_t K, int32_t n, int32_t ld_w, int32_t ld_res,
@@ -399,9 +405,15 @@ MPK_DEV void mpk_gemv(XRows &xr, const mpk_bf16 *w, const mpk_bf16 *res, mpk_bf1
         const int32_t r = tile_j % R, Mt = ((P + R - 1) / R + 15) / 16 * 16;
         const int32_t a0 = nd + r * Mt, a1 = min(rows, a0 + Mt);
         const int64_t dc = (int64_t)r * n;  // the group's first column, relative to this task's
-        if (a0 < a1)
-            mpk_gemm_rows<XRows, MPK_MMA_TILES_WIDE>(xr, w - dc * ld_w, res ? res - dc : res, out - dc, (float *)0, a0,
-                                                     a1, K, R * n, ld_w, ld_res, ld_out);
+        if (a0 >= a1) return;
+#if MPK_GEMM_RING
+        if ((R * n + 7) / 8 >= MPK_GEMM_RING_MIN_TILES * (MPK_DEV_THREADS / 32)) {
+            mpk_gemm_wide(xr, w - dc * ld_w, res ? res - dc : res, out - dc, a0, a1, K, R * n, ld_w, ld_res, ld_out);
+            return;
+        }
+#endif
+        mpk_gemm_rows<XRows, MPK_MMA_TILES_WIDE>(xr, w - dc * ld_w, res ? res - dc : res, out - dc, (float *)0, a0, a1,
+                                                 K, R * n, ld_w, ld_res, ld_out);
         return;
     }
 #if MPK_STREAM_SLOTS > 0

@@ -692,9 +692,11 @@ int mpk_dev_launch(const mpk_dev_args *args, int *blocks) {
     MPK_CUDA_CHECK(cudaGetDevice(&device));
     MPK_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     // Every block gets MPK_DYN_SMEM_BYTES of dynamic shared memory for its tasks (staged GEMV
-    // inputs, attention partials) and the weight stream's ring after it; one block per SM
-    // leaves the rest to the L1 cache.
-    const size_t dyn = MPK_DYN_SMEM_BYTES + MPK_STREAM_RING_BYTES;
+    // inputs, attention partials) and the weight stream's ring after it, the prompt kernel's
+    // MPK_PROMPT_SMEM_EXTRA more (its products' weight ring); one block per SM leaves the rest to
+    // the L1 cache.
+    const size_t extra = args->prompt_kernel && MPK_STREAM_SLOTS == 0 ? MPK_PROMPT_SMEM_EXTRA : 0;
+    const size_t dyn = MPK_DYN_SMEM_BYTES + MPK_STREAM_RING_BYTES + extra;
     MPK_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dyn));
     MPK_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, MPK_BLOCK_THREADS, dyn));
     if (per_sm < 1 || grid > sms) {
