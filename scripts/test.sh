@@ -67,6 +67,12 @@ if [ -n "$nvcc" ]; then
     echo "== the same with the weight stream built in (src/kernels/cuda/stream.cuh, opt-in)"
     MPK_NVCC_FLAGS="-DMPK_STREAM_SLOTS=4 -DMPK_DYN_SMEM_BYTES=65536 -DMPK_DEV_THREADS=352" \
         MPK_CACHE_DIR=$(mktemp -d) build/mpk compile --config qwen3-0.6b --backend cuda --arch sm_90a
+    echo "== the probes (bench/probes/*.cu, run by hand on a GPU machine) compile for sm_90a"
+    pdir=$(mktemp -d)
+    for f in bench/probes/*.cu; do
+        "$nvcc" -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o "$pdir/$(basename "$f" .cu)" "$f"
+    done
+    rm -rf "$pdir"
 else
     echo "== CUDA toolkit not found: skipping the sm_90a compile check"
 fi
