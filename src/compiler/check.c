@@ -74,7 +74,7 @@ static mpk_status check_tile_blocks(mpk_kernel *k, const uint64_t *done_before, 
     for (int32_t li = 0; li < k->num_layers && st == MPK_OK; li++) {
         const mpk_layer *L = &k->layers[li];
         const mpk_task_desc *d0 = &g->tasks[pos[L->first_task]];
-        if (!mpk_task_is_product(d0->type) || d0->type == MPK_TASK_RESIDUAL_RMSNORM_LINEAR || d0->iparam[1] == 0)
+        if (!mpk_task_has_tile_marks(d0->type) || d0->iparam[1] == 0)
             continue;  // (a mark of 1 or less is refused below: mpk_task_tile_block would ignore it)
         const int32_t B = d0->iparam[1];
         if (B < 2 || (B & (B - 1)) || L->num_tasks % B)

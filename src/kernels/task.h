@@ -175,10 +175,12 @@ static inline MPK_HD int mpk_task_is_product(int32_t type) {
 // The tile block of a product task (compile.c: mark_tile_blocks): the GPU's prompt kernel gives
 // each task of an aligned block of B tasks of its layer a share of the block's rows x columns;
 // 0 when the layer has none. iparam[2] is then the task's index in its layer. (The fused
-// RESIDUAL_RMSNORM_LINEAR keeps its x_out columns in iparam[0..1] and has no blocks.)
+// RESIDUAL_RMSNORM_LINEAR keeps its x_out columns in iparam[0..1] and has no blocks: no marks.)
+static inline MPK_HD int mpk_task_has_tile_marks(int32_t type) {
+    return mpk_task_is_product(type) && type != MPK_TASK_RESIDUAL_RMSNORM_LINEAR;
+}
 static inline MPK_HD int32_t mpk_task_tile_block(const mpk_task_desc *d) {
-    const int tiled = mpk_task_is_product(d->type) && d->type != MPK_TASK_RESIDUAL_RMSNORM_LINEAR;
-    return tiled && d->iparam[1] >= 2 ? d->iparam[1] : 0;
+    return mpk_task_has_tile_marks(d->type) && d->iparam[1] >= 2 ? d->iparam[1] : 0;
 }
 
 // Event flags.

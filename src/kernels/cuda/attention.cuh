@@ -520,12 +520,7 @@ static __device__ __noinline__ void mpk_attn_prompt_tile(const mpk_bf16 *qkv, co
         lrow[v] = 0.0f;
     }
     float o[OT][4][4];
-#pragma unroll
-    for (int t = 0; t < OT; t++)
-#pragma unroll
-        for (int m = 0; m < 4; m++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) o[t][m][e] = 0.0f;
+    mpk_gemm_zero<OT>(o);
     const int32_t pos_hi = row_pos[r0 + nr - 1];
     for (int32_t kb = 0; kb <= pos_hi; kb += N) {
         mpk_sync();  // the previous block's Ks, Vt and P are consumed (and Qs, m, l written)
